@@ -1,0 +1,142 @@
+//! The command line: `serve`, `migrate`, `users create`, `token`.
+
+use std::{str::FromStr, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    auth::issue_token,
+    config::Settings,
+    startup::{Application, MIGRATOR},
+    store::UserRepo,
+    telemetry::LogFormat,
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "nova-streaming", version, about = "Nova's live-streaming API")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API.
+    Serve(Box<Settings>),
+    /// Apply database migrations.
+    Migrate {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// Manage users.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Print a signed bearer token for local use.
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        user: Uuid,
+        /// A scope to grant (repeatable), e.g. events:read.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// How long the token is valid.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+        jwt_secret: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create a user and print its id.
+    Create {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        avatar_url: Option<String>,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+}
+
+async fn connect(database_url: &str) -> anyhow::Result<sqlx::PgPool> {
+    let options = PgConnectOptions::from_str(database_url).context("invalid DATABASE_URL")?;
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .context("cannot connect to Postgres")
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Serve(settings) => {
+                let app = Application::build(*settings).await?;
+                app.run_until_stopped(shutdown_on_signal()).await
+            }
+            Command::Migrate { database_url } => {
+                let pool = connect(&database_url).await?;
+                MIGRATOR.run(&pool).await.context("migration failed")?;
+                println!("migrations applied");
+                Ok(())
+            }
+            Command::Users(UsersCommand::Create {
+                username,
+                avatar_url,
+                database_url,
+            }) => {
+                let pool = connect(&database_url).await?;
+                let user = UserRepo::create(&pool, &username, avatar_url.as_deref())
+                    .await
+                    .context("cannot create user")?;
+                println!("{}", user.id);
+                Ok(())
+            }
+            Command::Token {
+                user,
+                scopes,
+                ttl,
+                jwt_secret,
+            } => {
+                println!("{}", issue_token(&jwt_secret, user, &scopes, ttl));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("SIGINT received"),
+            () = term => tracing::info!("SIGTERM received"),
+        }
+        cancel.cancel();
+    });
+    token
+}

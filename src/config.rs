@@ -1,0 +1,75 @@
+//! Typed settings. Every field is a flag and an env var; the README lists them.
+
+use std::{net::SocketAddr, time::Duration};
+
+/// Settings of the `serve` command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Postgres connection string.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+
+    /// Redis connection string (viewer presence).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Prefix for every Redis key this service writes, so deployments (and tests) can share one Redis.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "nova:")]
+    pub redis_key_prefix: String,
+
+    /// HS256 secret for bearer tokens (at least 32 bytes).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
+    pub bind_addr: SocketAddr,
+
+    /// Maximum Postgres connections in the pool.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 20)]
+    pub db_max_connections: u32,
+
+    /// How long a request waits for a Postgres connection before it answers 503.
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub db_acquire_timeout: Duration,
+
+    /// Upper bound of one SQL statement (Postgres `statement_timeout`).
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub db_statement_timeout: Duration,
+
+    /// Upper bound of one Redis round trip; past it, viewer counts are reported unavailable.
+    #[arg(long, env = "REDIS_TIMEOUT", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// A viewer counts as watching while its last heartbeat is younger than this.
+    #[arg(long, env = "PRESENCE_WINDOW", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub presence_window: Duration,
+
+    /// Upper bound of one HTTP request.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    /// Settings for tests and embedding: port 0, short timeouts, a unique Redis prefix.
+    pub fn for_tests(database_url: impl Into<String>, redis_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            redis_url: redis_url.into(),
+            redis_key_prefix: format!("nova-test:{}:", uuid::Uuid::now_v7()),
+            jwt_secret: "test-secret-test-secret-test-secret!".into(),
+            bind_addr: ([127, 0, 0, 1], 0).into(),
+            db_max_connections: 20,
+            db_acquire_timeout: Duration::from_secs(2),
+            db_statement_timeout: Duration::from_secs(5),
+            redis_timeout: Duration::from_millis(200),
+            presence_window: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! The HTTP layer: router, shared state, extractors, errors.
+
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod ops;
+pub mod streams;
+pub mod viewers;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{extract::DefaultBodyLimit, middleware, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use tower_http::trace::TraceLayer;
+
+use crate::{auth::TokenKeys, presence::ViewerPresence};
+use error::ApiError;
+
+/// Request bodies above this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every handler can reach. Cheap to clone: everything inside is shared.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub presence: Arc<ViewerPresence>,
+    pub tokens: Arc<TokenKeys>,
+    pub metrics: PrometheusHandle,
+    pub request_timeout: Duration,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(streams::router())
+        .merge(viewers::router())
+        .merge(ops::router())
+        .merge(openapi::router())
+        .fallback(|| async { ApiError::NotFound("no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            ops::request_timeout,
+        ))
+        .route_layer(middleware::from_fn(ops::track_requests))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,138 @@
+//! Builds the application (pool, Redis, router, listener) and runs it until
+//! the shutdown token is cancelled.
+
+use std::{future::IntoFuture, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use sqlx::{
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+    PgPool,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::TokenKeys,
+    config::Settings,
+    http::{self, ops, AppState},
+    presence::ViewerPresence,
+};
+
+/// The schema, shared with the relay.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Secrets shorter than this are refused: HS256 needs real entropy.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    shutdown_grace: Duration,
+}
+
+/// A lazy pool: the API starts (and answers 503) while Postgres is down.
+pub fn pool(settings: &Settings, options: PgConnectOptions) -> PgPool {
+    let statement_timeout = settings.db_statement_timeout.as_millis().to_string();
+    PgPoolOptions::new()
+        .max_connections(settings.db_max_connections)
+        .acquire_timeout(settings.db_acquire_timeout)
+        .connect_lazy_with(options.options([("statement_timeout", statement_timeout.as_str())]))
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let options =
+            PgConnectOptions::from_str(&settings.database_url).context("invalid DATABASE_URL")?;
+        Self::build_with(settings, options).await
+    }
+
+    /// Like [`Application::build`], with explicit connection options (tests).
+    pub async fn build_with(settings: Settings, options: PgConnectOptions) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            settings.jwt_secret.len() >= MIN_JWT_SECRET_BYTES,
+            "JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes"
+        );
+        let presence = ViewerPresence::new(
+            &settings.redis_url,
+            settings.redis_key_prefix.clone(),
+            settings.redis_timeout,
+            settings.presence_window,
+        )
+        .context("invalid REDIS_URL")?;
+        let state = AppState {
+            pool: pool(&settings, options),
+            presence: Arc::new(presence),
+            tokens: Arc::new(TokenKeys::new(&settings.jwt_secret)),
+            metrics: ops::prometheus(),
+            request_timeout: settings.request_timeout,
+        };
+        let listener = TcpListener::bind(settings.bind_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.bind_addr))?;
+        Ok(Self {
+            listener,
+            state,
+            shutdown_grace: settings.shutdown_grace,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.state.pool
+    }
+
+    /// The router, for driving handlers in-process (`tower::ServiceExt::oneshot`).
+    pub fn router(&self) -> axum::Router {
+        http::router(self.state.clone())
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets
+    /// in-flight requests finish within the grace period, and closes the pool.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            shutdown_grace,
+        } = self;
+        let pool = state.pool.clone();
+        let metrics = state.metrics.clone();
+        tracing::info!(addr = %listener.local_addr()?, "listening");
+
+        // Histograms are drained on upkeep; without it they grow unbounded.
+        let upkeep = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics.run_upkeep();
+            }
+        });
+
+        let server = axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future();
+        tokio::pin!(server);
+        let result = tokio::select! {
+            result = &mut server => result.context("server failed"),
+            () = shutdown.cancelled() => {
+                tracing::info!(grace = ?shutdown_grace, "shutting down: draining in-flight requests");
+                match tokio::time::timeout(shutdown_grace, &mut server).await {
+                    Ok(result) => result.context("server failed"),
+                    Err(_) => {
+                        tracing::warn!("in-flight requests outlived the grace period; dropping them");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        upkeep.abort();
+        pool.close().await;
+        tracing::info!("stopped");
+        result
+    }
+}

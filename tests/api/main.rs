@@ -1,0 +1,11 @@
+//! Integration tests: the HTTP API against real Postgres (a fresh, migrated
+//! database per test via `#[sqlx::test]`) and real Redis (a key prefix per test).
+//! Set `TEST_LOG=1` to see logs.
+
+mod atomicity;
+mod helpers;
+mod list;
+mod ops;
+mod requests;
+mod streams;
+mod viewers;
