@@ -14,6 +14,7 @@
 //! - [`commands`]: start/end a stream, atomically, with idempotency keys.
 //! - [`queries`]: reads, with lookups batched (never one query per row).
 //! - [`presence`]: viewer heartbeats and counts in Redis.
+//! - [`notifier`]: LISTEN for committed events, to wake long-polling readers.
 //! - [`auth`]: HS256 bearer tokens.
 //! - [`http`]: the axum router, extractors, JSON errors, metrics, OpenAPI.
 
@@ -23,6 +24,7 @@ pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod notifier;
 pub mod presence;
 pub mod queries;
 pub mod startup;

@@ -16,6 +16,7 @@ use crate::{
     auth::TokenKeys,
     config::Settings,
     http::{self, ops, AppState},
+    notifier::EventNotifier,
     presence::ViewerPresence,
 };
 
@@ -65,6 +66,7 @@ impl Application {
             presence: Arc::new(presence),
             tokens: Arc::new(TokenKeys::new(&settings.jwt_secret)),
             metrics: ops::prometheus(),
+            notifier: EventNotifier::default(),
             request_timeout: settings.request_timeout,
         };
         let listener = TcpListener::bind(settings.bind_addr)
@@ -113,6 +115,9 @@ impl Application {
             }
         });
 
+        let listener_task =
+            tokio::spawn(state.notifier.clone().run(pool.clone(), shutdown.clone()));
+
         let server = axum::serve(listener, http::router(state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();
@@ -131,6 +136,7 @@ impl Application {
             }
         };
         upkeep.abort();
+        listener_task.abort();
         pool.close().await;
         tracing::info!("stopped");
         result

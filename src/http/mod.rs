@@ -1,6 +1,7 @@
 //! The HTTP layer: router, shared state, extractors, errors.
 
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod openapi;
 pub mod ops;
@@ -14,7 +15,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 
-use crate::{auth::TokenKeys, presence::ViewerPresence};
+use crate::{auth::TokenKeys, notifier::EventNotifier, presence::ViewerPresence};
 use error::ApiError;
 
 /// Request bodies above this are refused with 413.
@@ -27,6 +28,7 @@ pub struct AppState {
     pub presence: Arc<ViewerPresence>,
     pub tokens: Arc<TokenKeys>,
     pub metrics: PrometheusHandle,
+    pub notifier: EventNotifier,
     pub request_timeout: Duration,
 }
 
@@ -36,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .merge(viewers::router())
         .merge(ops::router())
         .merge(openapi::router())
+        .merge(events::router())
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -6,7 +6,7 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use super::{error, ops, streams, viewers, AppState};
+use super::{error, events, ops, streams, viewers, AppState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,6 +14,7 @@ use super::{error, ops, streams, viewers, AppState};
     paths(
         streams::start_stream, streams::end_stream, streams::get_stream, streams::list_streams,
         viewers::heartbeat, viewers::leave,
+        events::read_events,
         ops::healthz, ops::readyz, ops::metrics,
         openapi_json,
     ),

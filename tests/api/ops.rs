@@ -73,6 +73,7 @@ async fn openapi_parses_and_covers_every_route(pool: PgPool) {
         ("/v1/streams/{id}/end", "post"),
         ("/v1/streams/{id}/viewers/heartbeat", "post"),
         ("/v1/streams/{id}/viewers/{viewer_id}", "delete"),
+        ("/v1/events", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),
