@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `users create`, `token`.
+//! The command line: `serve`, `migrate`, `users create`, `token`, `rebuild-projection`.
 
 use std::{str::FromStr, time::Duration};
 
@@ -33,6 +33,14 @@ pub enum Command {
     Serve(Box<Settings>),
     /// Apply database migrations.
     Migrate {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// Rebuild the live_streams projection from the event log alone and diff it against the table.
+    RebuildProjection {
+        /// Exit non-zero when the rebuilt projection and the table disagree.
+        #[arg(long)]
+        check: bool,
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
     },
@@ -88,6 +96,26 @@ impl Cli {
                 let pool = connect(&database_url).await?;
                 MIGRATOR.run(&pool).await.context("migration failed")?;
                 println!("migrations applied");
+                Ok(())
+            }
+            Command::RebuildProjection {
+                check,
+                database_url,
+            } => {
+                let pool = connect(&database_url).await?;
+                let report = crate::projection::rebuild_and_diff(&pool).await?;
+                for difference in &report.differences {
+                    println!("{difference}");
+                }
+                println!(
+                    "rebuilt {} streams from {} events: {} differences",
+                    report.streams,
+                    report.events,
+                    report.differences.len()
+                );
+                if check && !report.differences.is_empty() {
+                    anyhow::bail!("the projection disagrees with the event log");
+                }
                 Ok(())
             }
             Command::Users(UsersCommand::Create {

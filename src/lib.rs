@@ -15,6 +15,7 @@
 //! - [`queries`]: reads, with lookups batched (never one query per row).
 //! - [`presence`]: viewer heartbeats and counts in Redis.
 //! - [`notifier`]: LISTEN for committed events, to wake long-polling readers.
+//! - [`projection`]: rebuild `live_streams` from the event log and diff it.
 //! - [`auth`]: HS256 bearer tokens.
 //! - [`http`]: the axum router, extractors, JSON errors, metrics, OpenAPI.
 
@@ -26,6 +27,7 @@ pub mod domain;
 pub mod http;
 pub mod notifier;
 pub mod presence;
+pub mod projection;
 pub mod queries;
 pub mod startup;
 pub mod store;

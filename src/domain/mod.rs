@@ -4,7 +4,7 @@
 mod event;
 mod stream;
 
-pub use event::{EventHeaders, StreamEvent, StreamEventType};
+pub use event::{EventHeaders, StreamEvent, StreamEventPayload, StreamEventType};
 pub use stream::{Category, LiveStream, StreamStatus, StreamTitle, ThumbnailUrl};
 
 /// A domain value that failed to parse; the message is safe to show to clients.

@@ -7,6 +7,7 @@ mod events;
 mod helpers;
 mod list;
 mod ops;
+mod projection;
 mod requests;
 mod streams;
 mod viewers;
