@@ -3,6 +3,7 @@
 //! Set `TEST_LOG=1` to see logs.
 
 mod atomicity;
+mod contract;
 mod events;
 mod helpers;
 mod list;
