@@ -200,3 +200,57 @@ async fn cli_creates_users_and_tokens(pool: PgPool) {
     assert_eq!(claims.scope, vec!["events:read".to_string()]);
     assert!(claims.exp <= claims.iat.unwrap() + 600);
 }
+
+/// The API must not link a Kafka client: walk Cargo.lock from this package
+/// (a superset of its real graph, since it includes dev-dependencies).
+#[test]
+fn the_api_does_not_depend_on_rdkafka() {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+    let mut graph: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for package in lock.split("[[package]]").skip(1) {
+        let name = package
+            .lines()
+            .find_map(|l| l.strip_prefix("name = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_owned();
+        let deps: Vec<String> = package
+            .split_once("dependencies = [")
+            .map(|(_, rest)| rest.split(']').next().unwrap())
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|d| {
+                d.trim()
+                    .trim_matches('"')
+                    .split(' ')
+                    .next()
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+            })
+            .collect();
+        graph.entry(name).or_default().extend(deps);
+    }
+    let reachable = |root: &str| {
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![root.to_owned()];
+        while let Some(name) = stack.pop() {
+            if seen.insert(name.clone()) {
+                stack.extend(graph.get(&name).cloned().unwrap_or_default());
+            }
+        }
+        seen
+    };
+    let api = reachable("nova-streaming");
+    assert!(
+        api.contains("sqlx") && api.contains("axum"),
+        "the walk follows dependencies"
+    );
+    assert!(
+        reachable("outbox-relay").contains("rdkafka"),
+        "the walk would see rdkafka"
+    );
+    assert!(
+        !api.iter().any(|n| n.contains("rdkafka")),
+        "nova-streaming reaches rdkafka"
+    );
+}
