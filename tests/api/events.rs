@@ -29,19 +29,25 @@ impl TestApp {
     }
 }
 
-/// Appends one event in its own transaction, sleeping `delay` before the commit.
-async fn append_late(pool: &PgPool, delay: Duration) -> Uuid {
+/// Inserts an event row (not a stream command) on `conn`, inside the caller's transaction.
+async fn insert_raw_event(conn: &mut sqlx::PgConnection) -> Uuid {
     let event_id = Uuid::now_v7();
-    let mut tx = pool.begin().await.unwrap();
     sqlx::query(
         "insert into event_log (event_id, aggregate_type, aggregate_id, aggregate_version, event_type, payload, occurred_at) \
          values ($1, 'stream', $2, 1, 'stream.started', '{}', now())",
     )
     .bind(event_id)
     .bind(Uuid::now_v7())
-    .execute(&mut *tx)
+    .execute(conn)
     .await
     .unwrap();
+    event_id
+}
+
+/// Appends one event in its own transaction, sleeping `delay` before the commit.
+async fn append_late(pool: &PgPool, delay: Duration) -> Uuid {
+    let mut tx = pool.begin().await.unwrap();
+    let event_id = insert_raw_event(&mut tx).await;
     tokio::time::sleep(delay).await;
     tx.commit().await.unwrap();
     event_id
@@ -139,16 +145,7 @@ async fn a_late_commit_is_read_not_skipped(pool: PgPool) {
     let reader = app.reader_token();
     // A takes the lower position and commits last.
     let mut a = app.pool.begin().await.unwrap();
-    let a_id = Uuid::now_v7();
-    sqlx::query(
-        "insert into event_log (event_id, aggregate_type, aggregate_id, aggregate_version, event_type, payload, occurred_at) \
-         values ($1, 'stream', $2, 1, 'stream.started', '{}', now())",
-    )
-    .bind(a_id)
-    .bind(Uuid::now_v7())
-    .execute(&mut *a)
-    .await
-    .unwrap();
+    let a_id = insert_raw_event(&mut a).await;
     let b_id = append_late(&app.pool, Duration::ZERO).await;
 
     let while_a_runs = app.read_events(&reader, "").await;

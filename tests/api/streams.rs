@@ -195,10 +195,7 @@ async fn idempotency_key_replays_the_first_response(pool: PgPool) {
     assert_eq!(ended_again.status, StatusCode::OK);
     assert_eq!(ended.body, ended_again.body);
     assert_eq!(app.events().await.len(), 3);
-    let stored: i64 = sqlx::query_scalar("select count(*) from idempotency_keys")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let stored = app.count("idempotency_keys").await;
     assert_eq!(stored, 3);
 }
 
@@ -256,10 +253,7 @@ async fn concurrent_starts_by_one_creator_yield_one_stream(pool: PgPool) {
         .count();
     assert_eq!((created, conflicts), (1, 23));
     assert_eq!(app.events().await.len(), 1);
-    let live: i64 = sqlx::query_scalar("select count(*) from live_streams")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let live = app.count("live_streams").await;
     assert_eq!(live, 1);
 }
 
