@@ -1,0 +1,102 @@
+//! What each subcommand does. `main` parses and calls [`dispatch`].
+
+use std::io::IsTerminal as _;
+
+use anyhow::Context as _;
+use sqlx::{Connection as _, PgConnection};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::checkpoint::{self, Checkpoint, StoredCheckpoint};
+use crate::config::{Cli, Command, LogFormat, ResetArgs};
+use crate::restore;
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    init_tracing(cli.log_format);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match cli.command {
+        Command::Run(args) => {
+            let http = TcpListener::bind(args.http_addr)
+                .await
+                .with_context(|| format!("binding {}", args.http_addr))?;
+            tracing::info!(http = %http.local_addr()?, relay = %args.relay_name, topic = %args.topic, "outbox-relay starting");
+            crate::service::run(args, http, shutdown).await
+        }
+        Command::Tail(args) => crate::tail::run(args, shutdown).await,
+        Command::ResetCheckpoint(args) => reset_checkpoint(args).await,
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,librdkafka=warn,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// SIGTERM or Ctrl-C cancels `shutdown`; the relay then finishes its batch.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
+    }
+    shutdown.cancel();
+}
+
+/// Rewrites the checkpoint. Validated against the cluster unless `--force`,
+/// so the command cannot itself set up a skip.
+async fn reset_checkpoint(args: ResetArgs) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(&args.database_url)
+        .await
+        .context("connecting to Postgres")?;
+    let state = restore::cluster_state(&mut conn).await?;
+    let old = checkpoint::load(&mut conn, &args.relay_name).await?;
+    let target = if args.to_start {
+        Checkpoint::default()
+    } else if let Some((txid, position)) = args.to {
+        Checkpoint { txid, position }
+    } else {
+        let Some(old) = old else {
+            anyhow::bail!("relay `{}` has no checkpoint to adopt", args.relay_name);
+        };
+        old.checkpoint
+    };
+    let new = StoredCheckpoint {
+        checkpoint: target,
+        system_identifier: Some(state.system_identifier),
+    };
+    if let Err(problem) = restore::check(&state, Some(&new)) {
+        if !args.force {
+            anyhow::bail!(
+                "refusing to write checkpoint {target}: it would still be unsafe. {}",
+                problem.explain(&args.relay_name)
+            );
+        }
+        eprintln!("warning (--force): {problem}");
+    }
+    checkpoint::overwrite(&mut conn, &args.relay_name, new).await?;
+    match old {
+        Some(old) => println!(
+            "relay `{}`: checkpoint {} (system {:?}) -> {} (system {})",
+            args.relay_name, old.checkpoint, old.system_identifier, target, state.system_identifier
+        ),
+        None => println!(
+            "relay `{}`: checkpoint set to {} (system {})",
+            args.relay_name, target, state.system_identifier
+        ),
+    }
+    println!("a running relay picks this up within its poll interval");
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! One `event_log` row and the Kafka record it becomes: key = stream id (one
+//! stream, one partition, in order), value = the event JSON, CloudEvents
+//! binary-mode headers.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use uuid::Uuid;
+
+use crate::checkpoint::Checkpoint;
+
+/// A row of `event_log`, as the relay reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxEvent {
+    pub position: i64,
+    /// `xid8` as a number: the reader casts it, sqlx has no `xid8` type.
+    pub txid: i64,
+    pub event_id: Uuid,
+    pub aggregate_type: String,
+    pub aggregate_id: Uuid,
+    pub aggregate_version: i64,
+    pub event_type: String,
+    pub payload: serde_json::Value,
+    pub headers: serde_json::Value,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// What a record carries besides its value, computed once per event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordParts {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
+    pub timestamp_ms: i64,
+}
+
+/// Trace context headers copied from the row's `headers` when present.
+const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+
+impl OutboxEvent {
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            txid: self.txid,
+            position: self.position,
+        }
+    }
+
+    pub fn record_parts(&self, ce_source: &str) -> RecordParts {
+        let key = self.aggregate_id.to_string();
+        let mut headers = vec![
+            ("ce_specversion", "1.0".to_owned()),
+            ("ce_id", self.event_id.to_string()),
+            ("ce_type", self.event_type.clone()),
+            ("ce_source", ce_source.to_owned()),
+            (
+                "ce_time",
+                self.occurred_at
+                    .to_rfc3339_opts(SecondsFormat::Micros, true),
+            ),
+            ("ce_subject", key.clone()),
+            ("content-type", "application/json".to_owned()),
+            ("aggregate_version", self.aggregate_version.to_string()),
+        ];
+        for name in TRACE_HEADERS {
+            if let Some(value) = self.headers.get(name).and_then(|v| v.as_str()) {
+                headers.push((name, value.to_owned()));
+            }
+        }
+        RecordParts {
+            key,
+            // Serializing a `Value` cannot fail.
+            value: serde_json::to_vec(&self.payload).unwrap_or_default(),
+            headers,
+            timestamp_ms: self.occurred_at.timestamp_millis(),
+        }
+    }
+}
+
+impl RecordParts {
+    pub fn record<'a>(&'a self, topic: &'a str) -> FutureRecord<'a, str, [u8]> {
+        let headers = self.headers.iter().fold(
+            OwnedHeaders::new_with_capacity(self.headers.len()),
+            |h, (key, value)| {
+                h.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                })
+            },
+        );
+        FutureRecord::to(topic)
+            .key(self.key.as_str())
+            .payload(self.value.as_slice())
+            .headers(headers)
+            .timestamp(self.timestamp_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(headers: serde_json::Value) -> OutboxEvent {
+        OutboxEvent {
+            position: 7,
+            txid: 900,
+            event_id: Uuid::nil(),
+            aggregate_type: "stream".into(),
+            aggregate_id: Uuid::max(),
+            aggregate_version: 2,
+            event_type: "stream.ended".into(),
+            payload: json!({"stream_id": Uuid::max(), "version": 2}),
+            headers,
+            occurred_at: DateTime::from_timestamp(1_700_000_000, 123_456_000).unwrap(),
+        }
+    }
+
+    #[test]
+    fn cloudevents_binary_headers() {
+        let parts = event(json!({})).record_parts("/nova");
+        let get = |name: &str| {
+            parts
+                .headers
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(parts.key, Uuid::max().to_string());
+        assert_eq!(get("ce_specversion"), Some("1.0"));
+        assert_eq!(get("ce_id"), Some(Uuid::nil().to_string().as_str()));
+        assert_eq!(get("ce_type"), Some("stream.ended"));
+        assert_eq!(get("ce_source"), Some("/nova"));
+        assert_eq!(get("ce_time"), Some("2023-11-14T22:13:20.123456Z"));
+        assert_eq!(get("ce_subject"), Some(parts.key.as_str()));
+        assert_eq!(get("content-type"), Some("application/json"));
+        assert_eq!(get("aggregate_version"), Some("2"));
+        assert_eq!(get("traceparent"), None);
+        assert_eq!(parts.timestamp_ms, 1_700_000_000_123);
+        let value: serde_json::Value = serde_json::from_slice(&parts.value).unwrap();
+        assert_eq!(value["version"], 2);
+    }
+
+    #[test]
+    fn trace_context_is_passed_on_when_present() {
+        let parts =
+            event(json!({"traceparent": "00-abc-def-01", "tracestate": "k=v", "other": "x"}))
+                .record_parts("/nova");
+        let names: Vec<_> = parts.headers.iter().map(|(k, _)| *k).collect();
+        assert!(names.contains(&"traceparent"));
+        assert!(names.contains(&"tracestate"));
+        assert!(!names.contains(&"other"));
+    }
+}

@@ -1,0 +1,40 @@
+//! `outbox-relay`: drains Nova Streaming's `event_log` to Kafka, gap-safe, in
+//! per-stream order, at least once. It shares only the schema contract with the
+//! service (`migrations/`); see `docs/relay.md` for the design.
+//!
+//! Where things live:
+//! - [`config`]: the command line and env vars (`run`, `tail`, `reset-checkpoint`).
+//! - [`cli`]: what each subcommand does; signal handling; log setup.
+//! - [`service`]: the deployable: wires the tasks below and shuts them down.
+//! - [`relay`]: the loop: standby → leader → read, publish, checkpoint, back off.
+//! - [`leader`]: the session advisory lock, on a dedicated connection that also
+//!   reads and writes checkpoints, so a relay without the lock can do neither.
+//! - [`reader`]: the gap-safe read below the transaction horizon, and backlog stats.
+//! - [`checkpoint`]: `(txid, position)` per relay name, compare-and-set.
+//! - [`restore`]: refuses to run when the cluster looks restored (txids from the
+//!   future, or another system identifier).
+//! - [`event`]: an event row and its Kafka record (key, value, CloudEvents headers).
+//! - [`publisher`]: the idempotent producer: whole batch in, all acks awaited, a
+//!   deadline per attempt, rebuilt after any failure.
+//! - [`wakeup`]: `LISTEN nova_events`, re-registered on reconnect; the poll fallback
+//!   lives in [`relay`].
+//! - [`stats`]: backlog, oldest unpublished event, horizon hold-back.
+//! - [`metrics`]: the Prometheus registry and every metric.
+//! - [`health`]: `/healthz` and `/metrics` over hyper.
+//! - [`tail`]: a small consumer that prints records with key and headers.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod health;
+pub mod leader;
+pub mod metrics;
+pub mod publisher;
+pub mod reader;
+pub mod relay;
+pub mod restore;
+pub mod service;
+pub mod stats;
+pub mod tail;
+pub mod wakeup;

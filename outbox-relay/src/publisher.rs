@@ -1,0 +1,282 @@
+//! The Kafka side: an idempotent producer (acks=all, lz4, small linger) that
+//! takes a whole batch, then awaits every acknowledgement under one deadline.
+//!
+//! After any failed attempt the producer is thrown away and a new one is built
+//! for the retry. A failed batch is resent from the checkpoint anyway, and a
+//! fresh producer carries no state a broker could reject: a fenced epoch after a
+//! timeout, or (on Tansu) a producer id from before a broker restart.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::try_join_all;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::event::OutboxEvent;
+
+/// librdkafka settings the relay relies on; `--kafka-config` can override them.
+pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("compression.type", "lz4"),
+    ("linger.ms", "2"),
+    // The relay enforces its own, shorter deadline per attempt; this only
+    // bounds how long librdkafka keeps a message if the relay doesn't.
+    ("message.timeout.ms", "30000"),
+];
+
+/// Metadata is requested in slices this long while warming up.
+const METADATA_SLICE: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("could not create the producer: {0}")]
+    Create(#[source] KafkaError),
+    #[error("broker not reachable (metadata for `{topic}`): {source}")]
+    Metadata {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("could not enqueue: {0}")]
+    Enqueue(#[source] KafkaError),
+    #[error("delivery failed: {0}")]
+    Delivery(#[source] KafkaError),
+    #[error("producer dropped a delivery report")]
+    Canceled,
+    #[error("batch not acknowledged within {0:?}")]
+    Timeout(Duration),
+    #[error("lost the broker connection")]
+    ConnectionLost,
+}
+
+/// Watches librdkafka's global errors: a lost broker connection or a fatal
+/// error marks the producer stale. The batch in flight fails at once, and the
+/// producer is rebuilt before the next one.
+#[derive(Clone, Default)]
+pub struct StaleFlag(Arc<AtomicBool>);
+
+impl StaleFlag {
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the flag is set. Polled: librdkafka calls back on its own
+    /// thread, and a 10 ms poll is far below any deadline here.
+    async fn tripped(&self) {
+        while !self.is_set() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl ClientContext for StaleFlag {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let stale = matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Fatal
+                    | RDKafkaErrorCode::AllBrokersDown
+                    | RDKafkaErrorCode::BrokerTransportFailure
+            )
+        );
+        // librdkafka reconnects (and reports) every ~100 ms while a broker is
+        // down: warn once per producer, the rest at debug.
+        if stale && self.0.swap(true, Ordering::Relaxed) {
+            tracing::debug!(target: "librdkafka", %error, reason, "kafka client error");
+        } else {
+            tracing::warn!(target: "librdkafka", %error, reason, stale, "kafka client error");
+        }
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                tracing::error!(target: "librdkafka", fac, message)
+            }
+            // The relay handles these (retry with a new producer): not errors of its own.
+            RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", fac, message)
+            }
+            _ => tracing::debug!(target: "librdkafka", fac, message),
+        }
+    }
+}
+
+struct LiveProducer {
+    producer: FutureProducer<StaleFlag>,
+    stale: StaleFlag,
+    /// A new producer's first batch gets the warm-up deadline.
+    warmed_up: bool,
+}
+
+pub struct Publisher {
+    config: ClientConfig,
+    topic: String,
+    ce_source: String,
+    delivery_timeout: Duration,
+    warmup_timeout: Duration,
+    live: Option<LiveProducer>,
+    /// Called once per producer built (for the rebuild metric).
+    on_build: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Publisher {
+    pub fn new(
+        config: ClientConfig,
+        topic: String,
+        ce_source: String,
+        delivery_timeout: Duration,
+        warmup_timeout: Duration,
+        on_build: Box<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        Self {
+            config,
+            topic,
+            ce_source,
+            delivery_timeout,
+            warmup_timeout,
+            live: None,
+            on_build,
+        }
+    }
+
+    /// Produces every event, then awaits every acknowledgement. Returns how long
+    /// that took. On `Err` nothing may be assumed delivered, and the producer has
+    /// been discarded.
+    #[tracing::instrument(skip_all, fields(events = events.len()))]
+    pub async fn publish(&mut self, events: &[OutboxEvent]) -> Result<Duration, PublishError> {
+        let result = self.try_publish(events).await;
+        if result.is_err() {
+            self.discard();
+        }
+        result
+    }
+
+    async fn try_publish(&mut self, events: &[OutboxEvent]) -> Result<Duration, PublishError> {
+        self.ensure_producer().await?;
+        let live = self.live.as_mut().expect("ensured above");
+        let deadline = if live.warmed_up {
+            self.delivery_timeout
+        } else {
+            self.warmup_timeout
+        };
+        let parts: Vec<_> = events
+            .iter()
+            .map(|e| e.record_parts(&self.ce_source))
+            .collect();
+        let started = Instant::now();
+        // Enqueue the whole batch before awaiting anything: one round trip per
+        // batch (per partition), not per event.
+        let mut deliveries = Vec::with_capacity(parts.len());
+        for part in &parts {
+            let future = live
+                .producer
+                .send_result(part.record(&self.topic))
+                .map_err(|(err, _)| PublishError::Enqueue(err))?;
+            deliveries.push(async move {
+                match future.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((err, _))) => Err(PublishError::Delivery(err)),
+                    Err(_) => Err(PublishError::Canceled),
+                }
+            });
+        }
+        tokio::select! {
+            acked = tokio::time::timeout(deadline, try_join_all(deliveries)) => match acked {
+                Ok(Ok(_)) => {
+                    live.warmed_up = true;
+                    Ok(started.elapsed())
+                }
+                Ok(Err(err)) => Err(err),
+                Err(_) => Err(PublishError::Timeout(deadline)),
+            },
+            () = live.stale.tripped() => Err(PublishError::ConnectionLost),
+        }
+    }
+
+    async fn ensure_producer(&mut self) -> Result<(), PublishError> {
+        if let Some(live) = &self.live {
+            if !live.stale.is_set() {
+                return Ok(());
+            }
+            tracing::info!("kafka producer lost its broker connection; rebuilding it");
+            self.discard();
+        }
+        let stale = StaleFlag::default();
+        let producer: FutureProducer<StaleFlag> = self
+            .config
+            .create_with_context(stale.clone())
+            .map_err(PublishError::Create)?;
+        (self.on_build)();
+        // Connect and learn the partition leaders before the first batch. Fetched
+        // in short slices so a refused connection fails the attempt at once
+        // instead of after the whole warm-up deadline.
+        let warmup_ends = Instant::now() + self.warmup_timeout;
+        let metadata = loop {
+            let slice = warmup_ends
+                .saturating_duration_since(Instant::now())
+                .min(METADATA_SLICE);
+            let (client, topic) = (producer.clone(), self.topic.clone());
+            let fetched = tokio::task::spawn_blocking(move || {
+                client
+                    .client()
+                    .fetch_metadata(Some(&topic), slice)
+                    .map(|_| ())
+            })
+            .await
+            .unwrap_or(Err(KafkaError::Canceled));
+            match fetched {
+                Ok(()) => break Ok(()),
+                Err(err) if stale.is_set() || Instant::now() >= warmup_ends => break Err(err),
+                Err(_) => {}
+            }
+        };
+        match metadata {
+            Ok(()) => {
+                self.live = Some(LiveProducer {
+                    producer,
+                    stale,
+                    warmed_up: false,
+                });
+                Ok(())
+            }
+            Err(source) => {
+                drop_in_background(producer);
+                Err(PublishError::Metadata {
+                    topic: self.topic.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Drops the producer: its queued and in-flight messages are purged.
+    pub fn discard(&mut self) {
+        if let Some(live) = self.live.take() {
+            drop_in_background(live.producer);
+        }
+    }
+
+    /// Waits (bounded) for anything still queued, then drops the producer.
+    pub async fn close(&mut self, timeout: Duration) {
+        if let Some(live) = self.live.take() {
+            let producer = live.producer;
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = producer.flush(timeout);
+            })
+            .await;
+        }
+    }
+}
+
+/// librdkafka's destroy purges and flushes for up to 500 ms; keep that off the
+/// async workers.
+fn drop_in_background(producer: FutureProducer<StaleFlag>) {
+    tokio::task::spawn_blocking(move || drop(producer));
+}

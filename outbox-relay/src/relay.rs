@@ -1,0 +1,303 @@
+//! The relay loop: wait as a standby until the leader lock is ours, then read a
+//! batch after the checkpoint, publish it whole, and advance the checkpoint only
+//! once every event in it is acknowledged. A failed attempt is retried from the
+//! checkpoint after an exponential, jittered backoff, forever.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use chrono::Utc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::{self, CheckpointError, StoredCheckpoint};
+use crate::config::RunArgs;
+use crate::health::{Health, RelayState};
+use crate::leader::LeaderLock;
+use crate::metrics::RelayMetrics;
+use crate::publisher::Publisher;
+use crate::reader;
+use crate::restore::{self, ClusterState};
+
+/// How soon to read again while committed events wait behind the horizon.
+const HELD_BACK_RECHECK: Duration = Duration::from_millis(20);
+
+/// Why a leadership ended without a shutdown; the relay goes back to standby.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("lost the leader lock connection: {0}")]
+    LockLost(#[source] sqlx::Error),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+pub struct Relay {
+    args: RunArgs,
+    publisher: Publisher,
+    metrics: Arc<RelayMetrics>,
+    health: Health,
+    wakeup: Arc<Notify>,
+}
+
+/// How a wait between reads ended.
+enum Waited {
+    Ready,
+    Shutdown,
+}
+
+impl Relay {
+    pub fn new(
+        args: RunArgs,
+        publisher: Publisher,
+        metrics: Arc<RelayMetrics>,
+        health: Health,
+        wakeup: Arc<Notify>,
+    ) -> Self {
+        Self {
+            args,
+            publisher,
+            metrics,
+            health,
+            wakeup,
+        }
+    }
+
+    /// Runs until `shutdown`; a batch in flight is finished and checkpointed first.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        while let Some(mut lock) = self.wait_for_lock(&shutdown).await {
+            tracing::info!(relay = %self.args.relay_name, "leader lock acquired; publishing");
+            self.metrics.leader.set(1);
+            self.health.set(RelayState::Leader);
+            let ended = self.lead(&mut lock, &shutdown).await;
+            self.metrics.leader.set(0);
+            self.metrics.restore_detected.set(0);
+            match ended {
+                Ok(()) => break,
+                Err(err) => {
+                    tracing::error!(error = %err, "leadership ended; stopped publishing, back to standby");
+                    self.publisher.discard();
+                }
+            }
+        }
+        self.publisher.close(Duration::from_secs(1)).await;
+        tracing::info!("relay stopped");
+    }
+
+    /// Standby: try the lock every `lock_check_interval`. `None` on shutdown.
+    async fn wait_for_lock(&mut self, shutdown: &CancellationToken) -> Option<LeaderLock> {
+        let mut announced = false;
+        loop {
+            if shutdown.is_cancelled() {
+                return None;
+            }
+            match LeaderLock::try_acquire(
+                &self.args.database_url,
+                &self.args.relay_name,
+                self.args.lock_check_interval,
+            )
+            .await
+            {
+                Ok(Some(lock)) => return Some(lock),
+                Ok(None) if !announced => {
+                    tracing::info!(relay = %self.args.relay_name, "another instance leads; standing by");
+                    announced = true;
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot reach Postgres for the leader lock");
+                }
+            }
+            self.health.set(RelayState::Standby);
+            tokio::select! {
+                () = tokio::time::sleep(self.args.lock_check_interval) => {}
+                () = shutdown.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Leader: drain until shutdown (`Ok`) or until leadership is lost (`Err`).
+    async fn lead(
+        &mut self,
+        lock: &mut LeaderLock,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RelayError> {
+        let name = self.args.relay_name.clone();
+        let lost = RelayError::LockLost;
+        let mut stored = checkpoint::load(lock.conn(), &name).await.map_err(lost)?;
+        let Some(mut cluster) = self.guard_restore(lock, &mut stored, shutdown).await? else {
+            return Ok(());
+        };
+        let mut last_check = Instant::now();
+        let mut backoff: Option<ExponentialBackoff> = None;
+        let mut first_batch = true;
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            if last_check.elapsed() >= self.args.poll_interval {
+                // The checkpoint may have been reset by an operator meanwhile.
+                stored = checkpoint::load(lock.conn(), &name).await.map_err(lost)?;
+                match self.guard_restore(lock, &mut stored, shutdown).await? {
+                    Some(state) => cluster = state,
+                    None => return Ok(()),
+                }
+                last_check = Instant::now();
+            }
+            let after = stored.map(|s| s.checkpoint).unwrap_or_default();
+            let batch = reader::read_batch(lock.conn(), after, self.args.batch_size)
+                .await
+                .map_err(lost)?;
+            let Some(last) = batch.last() else {
+                let held_back = reader::any_held_back(lock.conn(), after)
+                    .await
+                    .map_err(lost)?;
+                let timeout = if held_back {
+                    HELD_BACK_RECHECK.min(self.args.poll_interval)
+                } else {
+                    self.args.poll_interval
+                };
+                match self.wait(lock, timeout, true, shutdown).await? {
+                    Waited::Ready => continue,
+                    Waited::Shutdown => return Ok(()),
+                }
+            };
+            // Not raced with shutdown: a batch in flight is finished and
+            // checkpointed (bounded by the attempt deadline). Raced with the lock:
+            // without it, stop publishing at once.
+            let outcome = tokio::select! {
+                outcome = self.publisher.publish(&batch) => outcome,
+                err = lock.lost() => {
+                    self.publisher.discard();
+                    return Err(RelayError::LockLost(err));
+                }
+            };
+            match outcome {
+                Ok(latency) => {
+                    let new = StoredCheckpoint {
+                        checkpoint: last.checkpoint(),
+                        system_identifier: Some(cluster.system_identifier),
+                    };
+                    checkpoint::advance(lock.conn(), &name, stored, new).await?;
+                    stored = Some(new);
+                    self.record_success(&batch, latency);
+                    if std::mem::take(&mut first_batch) {
+                        tracing::info!(events = batch.len(), ?latency, "first batch acknowledged");
+                    }
+                    if backoff.take().is_some() {
+                        tracing::info!(checkpoint = %new.checkpoint, "publishing again after retries");
+                    }
+                    self.health.set(RelayState::Leader);
+                }
+                Err(err) => {
+                    let delay = backoff
+                        .get_or_insert_with(|| self.backoff())
+                        .next()
+                        .unwrap_or(self.args.backoff_max)
+                        .min(self.args.backoff_max);
+                    self.metrics.retries.inc();
+                    self.metrics.backoff_seconds.set(delay.as_secs_f64());
+                    self.health.set(RelayState::BackingOff);
+                    tracing::warn!(error = %err, retry_in = ?delay, from = %after, events = batch.len(),
+                        "batch not acknowledged; retrying from the checkpoint");
+                    if let Waited::Shutdown = self.wait(lock, delay, false, shutdown).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps up to `timeout` (or until notified, if `wake_on_notify`), watching
+    /// the lock connection and the shutdown signal.
+    async fn wait(
+        &self,
+        lock: &mut LeaderLock,
+        timeout: Duration,
+        wake_on_notify: bool,
+        shutdown: &CancellationToken,
+    ) -> Result<Waited, RelayError> {
+        let notified = async {
+            if wake_on_notify {
+                self.wakeup.notified().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = notified => Ok(Waited::Ready),
+            () = tokio::time::sleep(timeout) => Ok(Waited::Ready),
+            err = lock.lost() => Err(RelayError::LockLost(err)),
+            () = shutdown.cancelled() => Ok(Waited::Shutdown),
+        }
+    }
+
+    /// Checks for signs of a restore; while there are any, holds the lock and
+    /// publishes nothing, re-checking every poll interval (so a
+    /// `reset-checkpoint` is picked up). `None` on shutdown.
+    async fn guard_restore(
+        &self,
+        lock: &mut LeaderLock,
+        stored: &mut Option<StoredCheckpoint>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<ClusterState>, RelayError> {
+        let mut refusing = false;
+        loop {
+            let state = restore::cluster_state(lock.conn())
+                .await
+                .map_err(RelayError::LockLost)?;
+            match restore::check(&state, stored.as_ref()) {
+                Ok(()) => {
+                    if refusing {
+                        tracing::info!("restore check passes again; resuming");
+                        self.metrics.restore_detected.set(0);
+                        self.health.set(RelayState::Leader);
+                    }
+                    return Ok(Some(state));
+                }
+                Err(detected) => {
+                    if !refusing {
+                        tracing::error!(relay = %self.args.relay_name, "{}", detected.explain(&self.args.relay_name));
+                        refusing = true;
+                    }
+                    self.metrics.restore_detected.set(1);
+                    self.health.set(RelayState::Refusing);
+                    if let Waited::Shutdown = self
+                        .wait(lock, self.args.poll_interval, false, shutdown)
+                        .await?
+                    {
+                        return Ok(None);
+                    }
+                    *stored = checkpoint::load(lock.conn(), &self.args.relay_name)
+                        .await
+                        .map_err(RelayError::LockLost)?;
+                }
+            }
+        }
+    }
+
+    fn backoff(&self) -> ExponentialBackoff {
+        ExponentialBuilder::default()
+            .with_min_delay(self.args.backoff_min)
+            .with_max_delay(self.args.backoff_max)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    fn record_success(&self, batch: &[crate::event::OutboxEvent], latency: Duration) {
+        let now = Utc::now();
+        self.metrics.events_published.inc_by(batch.len() as u64);
+        self.metrics.batches.inc();
+        self.metrics.backoff_seconds.set(0.0);
+        self.metrics.produce_latency.observe(latency.as_secs_f64());
+        for event in batch {
+            let age = (now - event.occurred_at)
+                .num_microseconds()
+                .unwrap_or(0)
+                .max(0);
+            self.metrics.commit_to_ack.observe(age as f64 / 1e6);
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The deployable: the HTTP server, the listener, the stats sampler and the
+//! relay loop, started together and stopped together.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::RunArgs;
+use crate::health::{self, Health};
+use crate::metrics::RelayMetrics;
+use crate::publisher::{Publisher, PRODUCER_DEFAULTS};
+use crate::relay::Relay;
+use crate::stats;
+use crate::wakeup::Wakeup;
+
+/// Runs the relay until `shutdown` is cancelled. `http` is already bound, so
+/// tests can pass port 0.
+pub async fn run(
+    args: RunArgs,
+    http: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.backoff_min <= args.backoff_max,
+        "RELAY_BACKOFF_MIN ({:?}) is above RELAY_BACKOFF_MAX ({:?})",
+        args.backoff_min,
+        args.backoff_max
+    );
+    anyhow::ensure!(
+        !args.delivery_timeout.is_zero() && !args.poll_interval.is_zero(),
+        "RELAY_DELIVERY_TIMEOUT and RELAY_POLL_INTERVAL must be above zero"
+    );
+    let metrics = Arc::new(RelayMetrics::new());
+    let health = Health::default();
+    let tracker = TaskTracker::new();
+    tracker.spawn(health::serve(
+        http,
+        health.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    // Two connections: the stats sampler's, and one spare.
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(&args.database_url)
+        .context("invalid DATABASE_URL")?;
+    tracker.spawn(stats::sample_until_shutdown(
+        pool.clone(),
+        args.relay_name.clone(),
+        args.poll_interval,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    // LISTEN before the first read, so no notification is missed.
+    let wakeup = Arc::new(Notify::new());
+    let Some(listener) =
+        Wakeup::register_patiently(&args.database_url, &args.channel, &shutdown).await
+    else {
+        tracker.close();
+        tracker.wait().await;
+        return Ok(());
+    };
+    tracker.spawn(listener.run(wakeup.clone(), shutdown.clone()));
+
+    let rebuilds = metrics.producer_rebuilds.clone();
+    let publisher = Publisher::new(
+        args.kafka.client_config(PRODUCER_DEFAULTS),
+        args.topic.clone(),
+        args.ce_source.clone(),
+        args.delivery_timeout,
+        args.warmup_timeout,
+        Box::new(move || {
+            rebuilds.inc();
+        }),
+    );
+    let relay = Relay::new(args, publisher, metrics, health, wakeup);
+    relay.run(shutdown.clone()).await;
+
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+    pool.close().await;
+    Ok(())
+}
