@@ -26,6 +26,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tail(args) => crate::tail::run(args, shutdown).await,
         Command::ResetCheckpoint(args) => reset_checkpoint(args).await,
+        Command::Replay(args) => crate::replay::run(args, shutdown).await,
     }
 }
 

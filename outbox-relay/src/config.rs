@@ -6,6 +6,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use rdkafka::ClientConfig;
 
+use crate::replay::selection::{Bound, Selection};
+
 /// Drains the event log to Kafka. See docs/relay.md.
 #[derive(Debug, Parser)]
 #[command(name = "outbox-relay", version, about)]
@@ -32,6 +34,8 @@ pub enum Command {
     Tail(TailArgs),
     /// Rewrite a relay's checkpoint: the recovery after a restore (docs/relay.md).
     ResetCheckpoint(ResetArgs),
+    /// Re-publish a slice of the event log, marked as a replay (docs/replay.md).
+    Replay(ReplayArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -53,6 +57,28 @@ pub struct RunArgs {
     #[arg(long, env = "RELAY_HTTP_ADDR", default_value = "127.0.0.1:9464")]
     pub http_addr: SocketAddr,
 
+    /// Read this often even without a notification (the fallback for lost wake-ups).
+    #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+
+    /// How often a standby tries to take the leader lock, and the leader checks
+    /// its lock connection is alive.
+    #[arg(long, env = "RELAY_LOCK_CHECK_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub lock_check_interval: Duration,
+
+    /// `NOTIFY` channel the service signals on.
+    #[arg(long, env = "RELAY_CHANNEL", default_value = "nova_events")]
+    pub channel: String,
+
+    /// Producer settings, deadlines and backoff (shared with `replay`).
+    #[command(flatten)]
+    pub publish: PublishArgs,
+}
+
+/// How events are published: the same for the live relay and for `replay`, so
+/// a replay behaves towards the broker exactly as the relay does.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
     /// Events per batch. A batch is produced whole, then all acks are awaited;
     /// it also bounds the duplicates a crash can cause.
     #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500,
@@ -75,25 +101,29 @@ pub struct RunArgs {
     #[arg(long, env = "RELAY_BACKOFF_MAX", default_value = "30s", value_parser = humantime::parse_duration)]
     pub backoff_max: Duration,
 
-    /// Read this often even without a notification (the fallback for lost wake-ups).
-    #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub poll_interval: Duration,
-
-    /// How often a standby tries to take the leader lock, and the leader checks
-    /// its lock connection is alive.
-    #[arg(long, env = "RELAY_LOCK_CHECK_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
-    pub lock_check_interval: Duration,
-
-    /// `NOTIFY` channel the service signals on.
-    #[arg(long, env = "RELAY_CHANNEL", default_value = "nova_events")]
-    pub channel: String,
-
     /// CloudEvents `ce_source` of every record.
     #[arg(long, env = "RELAY_CE_SOURCE", default_value = "/nova-streaming")]
     pub ce_source: String,
 
     #[command(flatten)]
     pub kafka: KafkaArgs,
+}
+
+impl PublishArgs {
+    /// Rejects settings the publishing loops cannot work with.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.backoff_min <= self.backoff_max,
+            "RELAY_BACKOFF_MIN ({:?}) is above RELAY_BACKOFF_MAX ({:?})",
+            self.backoff_min,
+            self.backoff_max
+        );
+        anyhow::ensure!(
+            !self.delivery_timeout.is_zero(),
+            "RELAY_DELIVERY_TIMEOUT must be above zero"
+        );
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -107,6 +137,67 @@ pub struct KafkaArgs {
     /// sets `sasl.mechanism`); flags win over env, both win over the relay's defaults.
     #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub kafka_config: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// Postgres holding `event_log` and `replay_progress`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Topic the records go to (default: the live topic).
+    #[arg(long, env = "RELAY_TOPIC", default_value = "nova.stream-events")]
+    pub topic: String,
+
+    /// Start of the slice, inclusive: an event position (`1200`) or an RFC 3339
+    /// time (`2026-11-26T00:00:00Z`, compared with `occurred_at`).
+    #[arg(long, value_name = "POSITION|TIME", value_parser = Bound::parse)]
+    pub from: Option<Bound>,
+
+    /// End of the slice, exclusive: a position or an RFC 3339 time. Without it,
+    /// up to what was committed when the replay started.
+    #[arg(long, value_name = "POSITION|TIME", value_parser = Bound::parse)]
+    pub to: Option<Bound>,
+
+    /// Only this stream's events. Repeatable.
+    #[arg(long = "aggregate", value_name = "STREAM_ID")]
+    pub aggregates: Vec<uuid::Uuid>,
+
+    /// Only events of this type, e.g. `stream.ended`. Repeatable.
+    #[arg(long = "type", value_name = "EVENT_TYPE")]
+    pub types: Vec<String>,
+
+    /// Count and list what would be sent; sends and records nothing.
+    #[arg(long, conflicts_with = "resume")]
+    pub dry_run: bool,
+
+    /// Send at most this many events per second.
+    #[arg(long, value_name = "EVENTS_PER_SECOND",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: Option<u32>,
+
+    /// This replay's row in `replay_progress` (and its lock). Default: `replay-<UTC time>`.
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Continue the replay `--name` after its last acknowledged event: the same
+    /// slice, to the same topic.
+    #[arg(long, requires = "name", conflicts_with_all = ["from", "to", "aggregates", "types"])]
+    pub resume: bool,
+
+    #[command(flatten)]
+    pub publish: PublishArgs,
+}
+
+impl ReplayArgs {
+    pub fn selection(&self) -> Selection {
+        Selection {
+            from: self.from,
+            to: self.to,
+            aggregates: self.aggregates.clone(),
+            types: self.types.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -262,11 +353,11 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!("not run")
         };
-        assert_eq!(args.delivery_timeout, Duration::from_millis(100));
-        assert_eq!(args.backoff_min, Duration::from_millis(100));
-        assert_eq!(args.backoff_max, Duration::from_secs(30));
+        assert_eq!(args.publish.delivery_timeout, Duration::from_millis(100));
+        assert_eq!(args.publish.backoff_min, Duration::from_millis(100));
+        assert_eq!(args.publish.backoff_max, Duration::from_secs(30));
         assert_eq!(args.poll_interval, Duration::from_secs(1));
         assert_eq!(args.topic, "nova.stream-events");
-        assert_eq!(args.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(args.publish.kafka.brokers, "127.0.0.1:9092");
     }
 }

@@ -34,6 +34,10 @@ pub struct RecordParts {
     pub timestamp_ms: i64,
 }
 
+/// Marks a record re-published by `outbox-relay replay` (value `true`);
+/// documented in docs/events.md.
+pub const REPLAY_HEADER: &str = "nova_replay";
+
 /// Trace context headers copied from the row's `headers` when present.
 const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 

@@ -3,7 +3,8 @@
 //! service (`migrations/`); see `docs/relay.md` for the design.
 //!
 //! Where things live:
-//! - [`config`]: the command line and env vars (`run`, `tail`, `reset-checkpoint`).
+//! - [`config`]: the command line and env vars (`run`, `tail`, `reset-checkpoint`,
+//!   `replay`).
 //! - [`cli`]: what each subcommand does; signal handling; log setup.
 //! - [`service`]: the deployable: wires the tasks below and shuts them down.
 //! - [`relay`]: the loop: standby → leader → read, publish, checkpoint, back off.
@@ -14,15 +15,20 @@
 //! - [`restore`]: refuses to run when the cluster looks restored (txids from the
 //!   future, or another system identifier).
 //! - [`event`]: an event row and its Kafka record (key, value, CloudEvents headers).
-//! - [`publisher`]: the idempotent producer: whole batch in, all acks awaited, a
-//!   deadline per attempt, rebuilt after any failure.
+//! - [`publisher`]: the idempotent producer, for relay and replay: whole batch
+//!   in, all acks awaited, a deadline per attempt, rebuilt after any failure.
 //! - [`wakeup`]: `LISTEN nova_events`, re-registered on reconnect; the poll fallback
 //!   lives in [`relay`].
 //! - [`stats`]: backlog, oldest unpublished event, horizon hold-back.
 //! - [`metrics`]: the Prometheus registry and every metric.
 //! - [`health`]: `/healthz` and `/metrics` over hyper.
 //! - [`tail`]: a small consumer that prints records with key and headers.
+//! - [`replay`]: re-publishes a slice of the log (position/time/stream/type),
+//!   marked `nova_replay`, with its own resumable progress; never the relay's
+//!   checkpoint.
+//! - [`backoff`]: the retry delay after a failed attempt, for relay and replay.
 
+pub mod backoff;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
@@ -33,6 +39,7 @@ pub mod metrics;
 pub mod publisher;
 pub mod reader;
 pub mod relay;
+pub mod replay;
 pub mod restore;
 pub mod service;
 pub mod stats;

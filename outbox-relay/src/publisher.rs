@@ -17,6 +17,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
+use crate::config::PublishArgs;
 use crate::event::OutboxEvent;
 
 /// librdkafka settings the relay relies on; `--kafka-config` can override them.
@@ -119,6 +120,8 @@ pub struct Publisher {
     config: ClientConfig,
     topic: String,
     ce_source: String,
+    /// Added to every record after the event's own headers (`nova_replay`).
+    extra_headers: Vec<(&'static str, String)>,
     delivery_timeout: Duration,
     warmup_timeout: Duration,
     live: Option<LiveProducer>,
@@ -127,23 +130,24 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(
-        config: ClientConfig,
-        topic: String,
-        ce_source: String,
-        delivery_timeout: Duration,
-        warmup_timeout: Duration,
-        on_build: Box<dyn Fn() + Send + Sync>,
-    ) -> Self {
+    /// A publisher to `topic` with the relay's producer settings and deadlines.
+    pub fn new(args: &PublishArgs, topic: String, on_build: Box<dyn Fn() + Send + Sync>) -> Self {
         Self {
-            config,
+            config: args.kafka.client_config(PRODUCER_DEFAULTS),
             topic,
-            ce_source,
-            delivery_timeout,
-            warmup_timeout,
+            ce_source: args.ce_source.clone(),
+            extra_headers: Vec::new(),
+            delivery_timeout: args.delivery_timeout,
+            warmup_timeout: args.warmup_timeout,
             live: None,
             on_build,
         }
+    }
+
+    /// Adds `name: value` to every record this publisher sends.
+    pub fn with_header(mut self, name: &'static str, value: &str) -> Self {
+        self.extra_headers.push((name, value.to_owned()));
+        self
     }
 
     /// Produces every event, then awaits every acknowledgement. Returns how long
@@ -168,7 +172,11 @@ impl Publisher {
         };
         let parts: Vec<_> = events
             .iter()
-            .map(|e| e.record_parts(&self.ce_source))
+            .map(|e| {
+                let mut parts = e.record_parts(&self.ce_source);
+                parts.headers.extend(self.extra_headers.iter().cloned());
+                parts
+            })
             .collect();
         let started = Instant::now();
         // Enqueue the whole batch before awaiting anything: one round trip per

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use chrono::Utc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::RetryDelay;
 use crate::checkpoint::{self, CheckpointError, StoredCheckpoint};
 use crate::config::RunArgs;
 use crate::health::{Health, RelayState};
@@ -129,7 +129,7 @@ impl Relay {
             return Ok(());
         };
         let mut last_check = Instant::now();
-        let mut backoff: Option<ExponentialBackoff> = None;
+        let mut retry = RetryDelay::new(&self.args.publish);
         let mut first_batch = true;
         loop {
             if shutdown.is_cancelled() {
@@ -145,7 +145,7 @@ impl Relay {
                 last_check = Instant::now();
             }
             let after = stored.map(|s| s.checkpoint).unwrap_or_default();
-            let batch = reader::read_batch(lock.conn(), after, self.args.batch_size)
+            let batch = reader::read_batch(lock.conn(), after, self.args.publish.batch_size)
                 .await
                 .map_err(lost)?;
             let Some(last) = batch.last() else {
@@ -184,17 +184,13 @@ impl Relay {
                     if std::mem::take(&mut first_batch) {
                         tracing::info!(events = batch.len(), ?latency, "first batch acknowledged");
                     }
-                    if backoff.take().is_some() {
+                    if retry.succeeded() {
                         tracing::info!(checkpoint = %new.checkpoint, "publishing again after retries");
                     }
                     self.health.set(RelayState::Leader);
                 }
                 Err(err) => {
-                    let delay = backoff
-                        .get_or_insert_with(|| self.backoff())
-                        .next()
-                        .unwrap_or(self.args.backoff_max)
-                        .min(self.args.backoff_max);
+                    let delay = retry.after_failure();
                     self.metrics.retries.inc();
                     self.metrics.backoff_seconds.set(delay.as_secs_f64());
                     self.health.set(RelayState::BackingOff);
@@ -274,16 +270,6 @@ impl Relay {
                 }
             }
         }
-    }
-
-    fn backoff(&self) -> ExponentialBackoff {
-        ExponentialBuilder::default()
-            .with_min_delay(self.args.backoff_min)
-            .with_max_delay(self.args.backoff_max)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
-            .build()
     }
 
     fn record_success(&self, batch: &[crate::event::OutboxEvent], latency: Duration) {

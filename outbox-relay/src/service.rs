@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::RunArgs;
 use crate::health::{self, Health};
 use crate::metrics::RelayMetrics;
-use crate::publisher::{Publisher, PRODUCER_DEFAULTS};
+use crate::publisher::Publisher;
 use crate::relay::Relay;
 use crate::stats;
 use crate::wakeup::Wakeup;
@@ -26,15 +26,10 @@ pub async fn run(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    args.publish.validate()?;
     anyhow::ensure!(
-        args.backoff_min <= args.backoff_max,
-        "RELAY_BACKOFF_MIN ({:?}) is above RELAY_BACKOFF_MAX ({:?})",
-        args.backoff_min,
-        args.backoff_max
-    );
-    anyhow::ensure!(
-        !args.delivery_timeout.is_zero() && !args.poll_interval.is_zero(),
-        "RELAY_DELIVERY_TIMEOUT and RELAY_POLL_INTERVAL must be above zero"
+        !args.poll_interval.is_zero(),
+        "RELAY_POLL_INTERVAL must be above zero"
     );
     let metrics = Arc::new(RelayMetrics::new());
     let health = Health::default();
@@ -73,11 +68,8 @@ pub async fn run(
 
     let rebuilds = metrics.producer_rebuilds.clone();
     let publisher = Publisher::new(
-        args.kafka.client_config(PRODUCER_DEFAULTS),
+        &args.publish,
         args.topic.clone(),
-        args.ce_source.clone(),
-        args.delivery_timeout,
-        args.warmup_timeout,
         Box::new(move || {
             rebuilds.inc();
         }),

@@ -54,7 +54,10 @@ pub async fn apply(pool: &PgPool, event: &Received) -> sqlx::Result<Applied> {
     }
     let outcome = match event.event_type.as_str() {
         "stream.started" => {
-            sqlx::query(
+            // A start can arrive after its end: the topic's retention dropped it
+            // and a replay brings it back later. Then the stream is known (as
+            // ended) and must not be counted live.
+            let inserted = sqlx::query(
                 "insert into streams (stream_id, creator_id, category, status, started_at) \
                  values ($1, $2, $3, 'live', $4) on conflict (stream_id) do nothing",
             )
@@ -63,8 +66,10 @@ pub async fn apply(pool: &PgPool, event: &Received) -> sqlx::Result<Applied> {
             .bind(&p.category)
             .bind(p.started_at)
             .execute(&mut *tx)
-            .await?;
-            bump(&mut tx, &p.category, 1, 1, 0, 0.0).await?;
+            .await?
+            .rows_affected()
+                == 1;
+            bump(&mut tx, &p.category, i64::from(inserted), 1, 0, 0.0).await?;
             Applied::Applied
         }
         "stream.ended" => {

@@ -95,9 +95,22 @@ pub async fn run(
 
     let mut progress = Progress::default();
     loop {
-        let message = tokio::select! {
+        let received = tokio::select! {
             () = shutdown.cancelled() => return Ok(progress),
-            message = consumer.recv() => message.context("consuming")?,
+            received = consumer.recv() => received,
+        };
+        let message = match received {
+            Ok(message) => message,
+            Err(err) => {
+                // librdkafka reconnects and rejoins the group by itself; an error
+                // here (broker down, topic not created yet) is worth a line in the
+                // log, not the end of the consumer.
+                tracing::warn!(error = %err, "consume error; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(progress),
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
         };
         match decode(&message) {
             Ok(event) => match apply_with_retry(pool, &event, &shutdown).await? {

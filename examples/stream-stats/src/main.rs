@@ -1,3 +1,6 @@
+//! `stream-stats`: parse, connect, migrate its own database, then consume until
+//! SIGTERM or Ctrl-C. Everything else lives in the library.
+
 use anyhow::Context;
 use clap::Parser;
 use sqlx::postgres::PgPoolOptions;

@@ -55,16 +55,7 @@ async fn notifications_drive_publishing_and_survive_a_dropped_listener() {
     eventually(
         Duration::from_secs(5),
         "listener registered again",
-        || async {
-            let listening: i64 = sqlx::query_scalar(
-                "select count(*) from pg_stat_activity
-             where application_name = 'outbox-relay-listener' and datname = current_database()",
-            )
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-            (listening == 1).then_some(())
-        },
+        || async { (db.sessions("outbox-relay-listener").await == 1).then_some(()) },
     )
     .await;
     bulk_events(&db.pool, 1).await;

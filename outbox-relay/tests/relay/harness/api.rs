@@ -1,8 +1,11 @@
 //! The service itself, in-process on port 0, for tests that go "through the API".
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::seq::IndexedRandom as _;
+use rand::Rng as _;
 use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -10,6 +13,9 @@ use uuid::Uuid;
 use super::TestDb;
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// The service's stream categories.
+pub const CATEGORIES: [&str; 6] = ["gaming", "music", "talk", "sports", "creative", "other"];
 
 pub struct Api {
     pub addr: SocketAddr,
@@ -58,6 +64,37 @@ impl Api {
         User { token }
     }
 
+    /// `count` new creators.
+    pub async fn users(&self, db: &TestDb, count: usize) -> Vec<User> {
+        let mut users = Vec::with_capacity(count);
+        for _ in 0..count {
+            users.push(self.user(db).await);
+        }
+        users
+    }
+
+    /// The users at once, each starting `streams` streams one after the other in
+    /// random categories and ending all but (at random) the last.
+    pub async fn random_workload(self: Arc<Self>, users: Vec<User>, streams: usize) {
+        let mut tasks = Vec::new();
+        for user in users {
+            let api = self.clone();
+            tasks.push(tokio::spawn(async move {
+                for n in 0..streams {
+                    let category = *CATEGORIES.choose(&mut rand::rng()).expect("categories");
+                    let stream = api.start_in(&user, category).await;
+                    let keep_live = n + 1 == streams && rand::rng().random_bool(0.5);
+                    if !keep_live {
+                        api.end(&user, stream, None).await;
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("workload task");
+        }
+    }
+
     /// `POST /v1/streams`; returns the stream id and how long the call took.
     pub async fn start(
         &self,
@@ -65,11 +102,26 @@ impl Api {
         key: Option<&str>,
         traceparent: Option<&str>,
     ) -> (Uuid, Duration) {
+        self.start_stream(user, "gaming", key, traceparent).await
+    }
+
+    /// `POST /v1/streams` in `category`; returns the stream id.
+    pub async fn start_in(&self, user: &User, category: &str) -> Uuid {
+        self.start_stream(user, category, None, None).await.0
+    }
+
+    async fn start_stream(
+        &self,
+        user: &User,
+        category: &str,
+        key: Option<&str>,
+        traceparent: Option<&str>,
+    ) -> (Uuid, Duration) {
         let mut request = self
             .client
             .post(format!("http://{}/v1/streams", self.addr))
             .bearer_auth(&user.token)
-            .json(&serde_json::json!({"title": "live now", "category": "gaming"}));
+            .json(&serde_json::json!({"title": "live now", "category": category}));
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
         }

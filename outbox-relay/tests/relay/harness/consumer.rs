@@ -23,6 +23,11 @@ impl Record {
         &self.headers["ce_id"]
     }
 
+    /// Carries the `nova_replay` marker of `outbox-relay replay`.
+    pub fn is_replay(&self) -> bool {
+        self.headers.get("nova_replay").map(String::as_str) == Some("true")
+    }
+
     pub fn version(&self) -> i64 {
         self.headers["aggregate_version"]
             .parse()
@@ -38,7 +43,12 @@ pub struct TopicReader {
 }
 
 impl TopicReader {
+    /// Reads the live topic, [`TOPIC`].
     pub fn new(brokers: &str) -> Self {
+        Self::for_topic(brokers, TOPIC)
+    }
+
+    pub fn for_topic(brokers: &str, topic: &str) -> Self {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", format!("test-{}", uuid::Uuid::now_v7()))
@@ -48,7 +58,7 @@ impl TopicReader {
         let mut assignment = TopicPartitionList::new();
         for partition in 0..PARTITIONS {
             assignment
-                .add_partition_offset(TOPIC, partition, Offset::Beginning)
+                .add_partition_offset(topic, partition, Offset::Beginning)
                 .expect("assign");
         }
         consumer.assign(&assignment).expect("assign");

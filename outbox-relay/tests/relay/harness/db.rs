@@ -12,7 +12,13 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database with the service's schema (`migrations/`).
     pub async fn new() -> Self {
+        Self::with_migrator(&sqlx::migrate!("../migrations")).await
+    }
+
+    /// A database with another schema, e.g. a downstream consumer's own.
+    pub async fn with_migrator(migrator: &sqlx::migrate::Migrator) -> Self {
         let server = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
         let admin: PgConnectOptions = server.parse().expect("DATABASE_URL parses");
@@ -33,10 +39,7 @@ impl TestDb {
             .connect_with(options)
             .await
             .expect("connect to the test database");
-        sqlx::migrate!("../migrations")
-            .run(&pool)
-            .await
-            .expect("migrations apply");
+        migrator.run(&pool).await.expect("migrations apply");
         Self {
             url,
             pool,
@@ -47,6 +50,19 @@ impl TestDb {
 
     pub async fn conn(&self) -> PgConnection {
         PgConnection::connect(&self.url).await.expect("connect")
+    }
+
+    /// Open sessions on this database with this `application_name` (the
+    /// relay's leader lock, its listener, a replay).
+    pub async fn sessions(&self, application_name: &str) -> i64 {
+        sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+             where application_name = $1 and datname = current_database()",
+        )
+        .bind(application_name)
+        .fetch_one(&self.pool)
+        .await
+        .expect("count sessions")
     }
 }
 

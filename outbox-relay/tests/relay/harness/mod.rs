@@ -1,12 +1,13 @@
 //! Test harness: a fresh database per test, a Tansu broker per test on a free
-//! port, relay processes (the real binary), an rdkafka consumer, and the
-//! service's writes done in SQL.
+//! port, relay processes (the real binary, `run` and `replay`), an rdkafka
+//! consumer, the service in-process, and the service's writes done in SQL.
 
 pub mod api;
 pub mod broker;
 pub mod consumer;
 pub mod db;
 pub mod process;
+pub mod replay;
 pub mod writes;
 
 use std::net::TcpListener;

@@ -40,13 +40,20 @@ impl RelayEnv {
 }
 
 impl RelayProcess {
+    /// `outbox-relay run`.
     pub fn spawn(env: &RelayEnv) -> Self {
+        Self::spawn_subcommand(env, &["run"])
+    }
+
+    /// Any subcommand (e.g. `replay --name x`), with the same environment; its
+    /// stdout and stderr both go to [`Self::log`].
+    pub fn spawn_subcommand(env: &RelayEnv, args: &[&str]) -> Self {
         let http = format!("127.0.0.1:{}", free_port());
-        let log = scratch_dir("relay").join("relay.log");
+        let log = scratch_dir(args[0]).join(format!("{}.log", args[0]));
         let file = std::fs::File::create(&log).expect("relay log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
         command
-            .arg("run")
+            .args(args)
             .env("DATABASE_URL", &env.database_url)
             .env("KAFKA_BROKERS", &env.brokers)
             .env("RELAY_NAME", &env.relay_name)
@@ -84,6 +91,13 @@ impl RelayProcess {
             .status()
             .expect("run kill");
         assert!(status.success());
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().expect("try_wait")?;
+        self.child = None;
+        Some(status)
     }
 
     /// Waits for the process to exit on its own.
