@@ -44,6 +44,15 @@ pub struct Reply {
     pub body: Value,
 }
 
+/// How many replies had each status, e.g. `{201: 1, 409: 23}`.
+pub fn statuses(replies: &[Reply]) -> std::collections::BTreeMap<u16, usize> {
+    let mut tally = std::collections::BTreeMap::new();
+    for reply in replies {
+        *tally.entry(reply.status.as_u16()).or_default() += 1;
+    }
+    tally
+}
+
 impl Reply {
     pub fn error_code(&self) -> &str {
         self.body["error"]["code"]

@@ -7,7 +7,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::TestApp;
+use crate::helpers::{statuses, TestApp};
 
 #[sqlx::test]
 async fn start_returns_201_with_the_stream_and_one_event(pool: PgPool) {
@@ -243,15 +243,7 @@ async fn concurrent_starts_by_one_creator_yield_one_stream(pool: PgPool) {
         }
     }))
     .await;
-    let created = replies
-        .iter()
-        .filter(|r| r.status == StatusCode::CREATED)
-        .count();
-    let conflicts = replies
-        .iter()
-        .filter(|r| r.status == StatusCode::CONFLICT)
-        .count();
-    assert_eq!((created, conflicts), (1, 23));
+    assert_eq!(statuses(&replies), [(201, 1), (409, 23)].into());
     assert_eq!(app.events().await.len(), 1);
     let live = app.count("live_streams").await;
     assert_eq!(live, 1);
@@ -294,15 +286,7 @@ async fn concurrent_ends_produce_exactly_one_event(pool: PgPool) {
         async move { app.end_stream(&token, id).await }
     }))
     .await;
-    let ok = replies
-        .iter()
-        .filter(|r| r.status == StatusCode::OK)
-        .count();
-    let conflicts = replies
-        .iter()
-        .filter(|r| r.status == StatusCode::CONFLICT)
-        .count();
-    assert_eq!((ok, conflicts), (1, 23));
+    assert_eq!(statuses(&replies), [(200, 1), (409, 23)].into());
     assert_eq!(
         app.events().await,
         vec![
