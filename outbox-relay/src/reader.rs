@@ -9,6 +9,18 @@ use sqlx::PgConnection;
 use crate::checkpoint::Checkpoint;
 use crate::event::OutboxEvent;
 
+/// The batch read. The ORDER BY names the table's columns: a bare `txid` would
+/// mean the `txid::text::bigint` output column, which no index serves, so
+/// every read would sort the whole backlog (a quadratic drain).
+pub const READ_BATCH_SQL: &str =
+    "select position, txid::text::bigint as txid, event_id, aggregate_type, aggregate_id,
+        aggregate_version, event_type, payload, headers, occurred_at
+ from event_log
+ where txid < pg_snapshot_xmin(pg_current_snapshot())
+   and (txid, position) > ($1::bigint::text::xid8, $2)
+ order by event_log.txid, event_log.position
+ limit $3";
+
 /// The next events after `after`, at most `limit`, in publishing order.
 #[tracing::instrument(skip_all, fields(after = %after, limit))]
 pub async fn read_batch(
@@ -16,20 +28,12 @@ pub async fn read_batch(
     after: Checkpoint,
     limit: u32,
 ) -> Result<Vec<OutboxEvent>, sqlx::Error> {
-    sqlx::query_as(
-        "select position, txid::text::bigint as txid, event_id, aggregate_type, aggregate_id,
-                aggregate_version, event_type, payload, headers, occurred_at
-         from event_log
-         where txid < pg_snapshot_xmin(pg_current_snapshot())
-           and (txid, position) > ($1::bigint::text::xid8, $2)
-         order by txid, position
-         limit $3",
-    )
-    .bind(after.txid)
-    .bind(after.position)
-    .bind(i64::from(limit))
-    .fetch_all(conn)
-    .await
+    sqlx::query_as(READ_BATCH_SQL)
+        .bind(after.txid)
+        .bind(after.position)
+        .bind(i64::from(limit))
+        .fetch_all(conn)
+        .await
 }
 
 /// Whether committed events after `after` exist that the horizon holds back.

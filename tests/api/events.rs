@@ -283,3 +283,29 @@ async fn a_walking_client_sees_every_event_once_in_order(pool: PgPool) {
             .unwrap();
     assert_eq!(seen, log_order);
 }
+
+/// The read walks the `(txid, position)` index instead of sorting the log:
+/// with sorting disabled, the plan must still have no Sort node.
+#[sqlx::test]
+async fn the_catch_up_read_uses_the_index_order(pool: PgPool) {
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("set enable_sort = off")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(&format!(
+        "explain {}",
+        nova_streaming::store::event_log::READ_AFTER_SQL
+    ))
+    .bind("0")
+    .bind(0_i64)
+    .bind(None::<Uuid>)
+    .bind(None::<String>)
+    .bind(100_i64)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("event_log_txid_position"), "{plan}");
+    assert!(!plan.contains("Sort"), "{plan}");
+}

@@ -198,7 +198,7 @@ pub async fn read_batch(
                 aggregate_version, event_type, payload, headers, occurred_at
          from event_log
          where {FILTER} and (txid, position) > ($8::bigint::text::xid8, $9)
-         order by txid, position
+         order by event_log.txid, event_log.position  -- the table's columns: see reader::READ_BATCH_SQL
          limit $10"
     );
     bind_filter!(sqlx::query_as(&sql), horizon, selection)

@@ -7,6 +7,7 @@ mod api_flow;
 mod broker_outage;
 mod gap_safety;
 mod leadership;
+mod query_plans;
 mod replay;
 mod replay_resume;
 mod restore;
