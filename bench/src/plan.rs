@@ -1,0 +1,69 @@
+//! How much each scenario measures, per mode. Quick mode is for a sanity check
+//! in under two minutes; full mode is the one to quote.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Quick,
+    Full,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub mode: Mode,
+    /// Scenario 1: HTTP clients and pgbench clients.
+    pub concurrency: usize,
+    pub throughput_reps: usize,
+    /// pgbench takes whole seconds.
+    pub throughput_secs: u64,
+    /// Scenario 2.
+    pub drain_events: usize,
+    pub drain_reps: usize,
+    /// Scenario 3: offered loads (commands/s), seconds per load, repetitions.
+    pub latency_rates: [f64; 2],
+    pub latency_secs: f64,
+    pub latency_reps: usize,
+    /// Scenario 4: list sizes; timed calls per variant (small sizes, then 1,000).
+    pub list_sizes: [usize; 3],
+    pub list_iters: usize,
+    pub list_iters_large: usize,
+    /// Scenario 5: offered load, seconds per phase, repetitions of up/down.
+    pub outage_rate: f64,
+    pub outage_secs: f64,
+    pub outage_reps: usize,
+}
+
+impl Plan {
+    pub fn new(mode: Mode) -> Self {
+        let quick = mode == Mode::Quick;
+        Self {
+            mode,
+            concurrency: 32,
+            throughput_reps: if quick { 3 } else { 5 },
+            throughput_secs: if quick { 3 } else { 10 },
+            drain_events: if quick { 20_000 } else { 200_000 },
+            drain_reps: 3,
+            latency_rates: [200.0, 1_000.0],
+            latency_secs: if quick { 4.0 } else { 15.0 },
+            latency_reps: if quick { 1 } else { 3 },
+            list_sizes: [10, 100, 1_000],
+            list_iters: if quick { 200 } else { 1_000 },
+            list_iters_large: if quick { 20 } else { 100 },
+            outage_rate: 200.0,
+            outage_secs: if quick { 2.5 } else { 8.0 },
+            outage_reps: if quick { 2 } else { 5 },
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self.mode {
+            Mode::Quick => "quick",
+            Mode::Full => "full",
+        }
+    }
+
+    pub fn secs(value: f64) -> Duration {
+        Duration::from_secs_f64(value)
+    }
+}

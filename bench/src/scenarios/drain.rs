@@ -1,0 +1,227 @@
+//! Scenario 2: the relay draining a pre-loaded backlog to the broker, against
+//! an rdkafka producer sending the very same records (built by the relay's own
+//! `record_parts`, with the relay's producer settings) straight to the same
+//! broker. Both are timed after their warm-up: the relay from its first
+//! checkpoint to its last, the producer from its first send to its last ack.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::stream::{FuturesUnordered, StreamExt as _};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
+
+use outbox_relay::checkpoint::Checkpoint;
+use outbox_relay::event::{OutboxEvent, RecordParts};
+use outbox_relay::publisher::PRODUCER_DEFAULTS;
+
+use crate::harness::{Broker, RelayProcess, ScratchDb, TOPIC};
+use crate::report::{list, thousands, Figure};
+use crate::stats::{median, ratios};
+
+use super::Ctx;
+
+/// The relay's default `ce_source`, so the records are byte-for-byte the same.
+const CE_SOURCE: &str = "/nova-streaming";
+
+pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let db = ScratchDb::create(&ctx.admin, &ctx.admin_url, "drain").await?;
+    let result = measure(ctx, &db).await;
+    db.drop(&ctx.admin).await;
+    result
+}
+
+async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
+    let events = ctx.plan.drain_events;
+    let broker = Broker::start("drain").await?;
+    let loaded = Instant::now();
+    preload(db, events).await?;
+    println!("  pre-loaded {events} events in {:.1?}", loaded.elapsed());
+    let records = read_back(db).await?;
+    let bytes: usize = records.iter().map(|r| r.value.len()).sum();
+
+    let (mut relay_rates, mut raw_rates) = (vec![], vec![]);
+    let mut retries = 0.0;
+    for rep in 0..ctx.plan.drain_reps {
+        let relay_first = rep % 2 == 0;
+        for leg in [relay_first, !relay_first] {
+            if leg {
+                let (rate, leg_retries, peak) = relay_drain(db, &broker, rep).await?;
+                relay_rates.push(rate);
+                retries += leg_retries;
+                if let Some(peak) = peak {
+                    ctx.memory
+                        .relay
+                        .push((format!("scenario 2 (drain of {events} events)"), peak));
+                }
+            } else {
+                raw_rates.push(raw_produce(&broker, &records).await?);
+            }
+        }
+        println!(
+            "  rep {}: relay {:.0} events/s, raw producer {:.0} events/s",
+            rep + 1,
+            relay_rates[rep],
+            raw_rates[rep]
+        );
+    }
+
+    let ratio = median(&ratios(&relay_rates, &raw_rates));
+    let quick = if events < 200_000 {
+        " (quick mode: fewer than the 200,000 of full mode)"
+    } else {
+        ""
+    };
+    ctx.report.push(
+        Figure::new(
+            "2",
+            format!(
+                "relay drain of {} events vs raw rdkafka producer",
+                thousands(events as f64)
+            ),
+        )
+        .value(format!("{} events/s", thousands(median(&relay_rates))))
+        .baseline(format!("{} events/s raw", thousands(median(&raw_rates))))
+        .ratio(ratio)
+        .goal("≥ 0.7×", ratio >= 0.7),
+    );
+    ctx.report.note(format!(
+        "Scenario 2: {events} events{quick}, mean value {} B plus CloudEvents headers and a traceparent; \
+         {} reps, order alternating; relay defaults (batch 500, delivery timeout 100 ms, linger 2 ms, lz4, \
+         acks=all, idempotent), fresh relay name per rep; {retries} relay retries in total. \
+         Per-rep ratios: {}. Topic with 3 partitions, Tansu in memory.",
+        bytes / records.len().max(1),
+        ctx.plan.drain_reps,
+        list(&ratios(&relay_rates, &raw_rates)),
+    ));
+    Ok(())
+}
+
+/// Half `stream.started`, half `stream.ended`, with the service's payload shape
+/// and a `traceparent`, committed in transactions of 2,000 events.
+async fn preload(db: &ScratchDb, events: usize) -> anyhow::Result<()> {
+    let streams_per_tx = 1_000;
+    for chunk_start in (0..events / 2).step_by(streams_per_tx) {
+        let streams = streams_per_tx.min(events / 2 - chunk_start) as i32;
+        sqlx::query(
+            "with s as ( \
+                select gen_random_uuid() as sid, gen_random_uuid() as cid, \
+                       date_trunc('milliseconds', now()) - interval '1 hour' as t0 \
+                from generate_series(1, $1) \
+             ) \
+             insert into event_log (event_id, aggregate_type, aggregate_id, aggregate_version, \
+                                    event_type, payload, headers, occurred_at) \
+             select gen_random_uuid(), 'stream', sid, v, \
+                    case v when 1 then 'stream.started' else 'stream.ended' end, \
+                    jsonb_build_object('stream_id', sid, 'creator_id', cid, 'title', 'bench stream', \
+                        'category', 'gaming', 'thumbnail_url', null, 'started_at', t0, \
+                        'ended_at', case v when 2 then t0 + interval '30 minutes' end, 'version', v) \
+                    || case v when 2 then '{\"duration_seconds\": 1800.0}'::jsonb else '{}'::jsonb end, \
+                    jsonb_build_object('traceparent', \
+                        '00-' || md5(sid::text) || '-' || substr(md5(cid::text), 1, 16) || '-01'), \
+                    case v when 1 then t0 else t0 + interval '30 minutes' end \
+             from s cross join (values (1), (2)) as versions(v) \
+             order by sid, v",
+        )
+        .bind(streams)
+        .execute(&db.pool)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The backlog as the relay reads it, turned into Kafka records the relay's way.
+async fn read_back(db: &ScratchDb) -> anyhow::Result<Vec<RecordParts>> {
+    let mut conn = db.pool.acquire().await?;
+    let mut after = Checkpoint::default();
+    let mut records = Vec::new();
+    loop {
+        let batch: Vec<OutboxEvent> =
+            outbox_relay::reader::read_batch(&mut conn, after, 10_000).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.checkpoint();
+        records.extend(batch.iter().map(|e| e.record_parts(CE_SOURCE)));
+    }
+    Ok(records)
+}
+
+/// Returns events/s, the relay's retries, and its peak RSS.
+async fn relay_drain(
+    db: &ScratchDb,
+    broker: &Broker,
+    rep: usize,
+) -> anyhow::Result<(f64, f64, Option<f64>)> {
+    let name = format!("drain-{rep}");
+    let last = db.last_position().await?;
+    let relay = RelayProcess::spawn(&db.url, &broker.bootstrap(), &name, &[]).await?;
+    let timeout = Duration::from_secs(120 + last as u64 / 1_000);
+    let (first_at, first) =
+        crate::harness::eventually(timeout, "the relay's first batch", || async {
+            db.checkpoint(&name)
+                .await
+                .ok()
+                .flatten()
+                .map(|p| (Instant::now(), p))
+        })
+        .await?;
+    crate::harness::eventually(timeout, "the relay to drain the backlog", || async {
+        (db.checkpoint(&name).await.ok().flatten()? >= last).then_some(())
+    })
+    .await?;
+    let elapsed = first_at.elapsed();
+    let retries = relay
+        .metric("outbox_relay_retries_total")
+        .await
+        .unwrap_or(0.0);
+    let peak = relay.peak_rss_mb();
+    relay.stop().await;
+    Ok(((last - first) as f64 / elapsed.as_secs_f64(), retries, peak))
+}
+
+/// Produces every record as fast as the producer takes them, then awaits every ack.
+async fn raw_produce(broker: &Broker, records: &[RecordParts]) -> anyhow::Result<f64> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", broker.bootstrap());
+    for (key, value) in PRODUCER_DEFAULTS {
+        config.set(*key, *value);
+    }
+    let producer: FutureProducer = config.create()?;
+    // Warm-up: connection, metadata, producer id.
+    producer
+        .send(records[0].record(TOPIC), Duration::from_secs(10))
+        .await
+        .map_err(|(err, _)| err)
+        .context("raw producer warm-up")?;
+
+    let started = Instant::now();
+    let mut pending = FuturesUnordered::new();
+    let mut failed = 0u64;
+    for parts in records {
+        loop {
+            match producer.send_result(parts.record(TOPIC)) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    // Local queue full: wait for an ack, then try again.
+                    match pending.next().await {
+                        Some(Ok(Ok(_))) => {}
+                        Some(_) => failed += 1,
+                        None => tokio::time::sleep(Duration::from_millis(1)).await,
+                    }
+                }
+                Err((err, _)) => return Err(err).context("raw producer enqueue"),
+            }
+        }
+    }
+    while let Some(delivery) = pending.next().await {
+        if !matches!(delivery, Ok(Ok(_))) {
+            failed += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    anyhow::ensure!(failed == 0, "raw producer: {failed} deliveries failed");
+    Ok(records.len() as f64 / elapsed.as_secs_f64())
+}

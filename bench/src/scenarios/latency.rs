@@ -1,0 +1,234 @@
+//! Scenario 3: commit-to-consumer latency at fixed offered loads, with the
+//! relay woken by LISTEN/NOTIFY against the same relay in poll-only mode (its
+//! `RELAY_CHANNEL` pointed at a channel nobody notifies, so only the 1 s poll
+//! wakes it). The commit instant is bracketed: the HTTP response arrives just
+//! after it (lower bound, the figure of record) and the event's `ce_time` is
+//! taken just before the transaction (upper bound, shown beside it).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::harness::{ApiProcess, Broker, RelayProcess, ScratchDb};
+use crate::load::{open_loop, CommandClient, Creator, OpenLoop};
+use crate::plan::Plan;
+use crate::report::{thousands, Figure};
+use crate::stats::{median, ms, Latency};
+
+use super::consumer::{Arrivals, FETCH_WAIT_MS};
+use super::Ctx;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Wakeup {
+    Listen,
+    PollOnly,
+}
+
+impl Wakeup {
+    fn env(self) -> Vec<(&'static str, &'static str)> {
+        match self {
+            Wakeup::Listen => vec![],
+            Wakeup::PollOnly => vec![("RELAY_CHANNEL", "bench_poll_only_nobody_notifies")],
+        }
+    }
+}
+
+/// One measured run: commit-to-consumer bracketed from below (HTTP response →
+/// arrival) and above (`ce_time` → arrival), and the HTTP latency itself.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    lower: Latency,
+    upper: Latency,
+    http: Latency,
+}
+
+/// Per (wake-up, rate index): one run per repetition.
+type Results = HashMap<(Wakeup, usize), Vec<Run>>;
+
+pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let db = ScratchDb::create(&ctx.admin, &ctx.admin_url, "latency").await?;
+    let result = measure(ctx, &db).await;
+    db.drop(&ctx.admin).await;
+    result
+}
+
+async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
+    let plan = ctx.plan.clone();
+    let broker = Broker::start("latency").await?;
+    let api = ApiProcess::spawn(&db.url, &ctx.jwt_secret, "latency").await?;
+    let arrivals = Arrivals::start(&broker.bootstrap())?;
+    let client = CommandClient::new(&format!("http://{}", api.addr), 256);
+    let ids = db.users(2_000, "latency").await?;
+    let mut creators = Creator::many(&ids, &ctx.jwt_secret);
+
+    let mut results = Results::new();
+    let mut floors: HashMap<usize, Vec<Latency>> = HashMap::new();
+    let mut acks: HashMap<usize, Vec<Latency>> = HashMap::new();
+    let mut missing = 0usize;
+    for rep in 0..plan.latency_reps {
+        for (i, &rate) in plan.latency_rates.iter().enumerate() {
+            let secs = Plan::secs((plan.latency_secs / 2.0).min(5.0));
+            let mut floor =
+                super::floor::producer_to_consumer(&broker.bootstrap(), &arrivals, rate, secs)
+                    .await?;
+            if let Some(summary) = Latency::of(&mut floor.arrival) {
+                floors.entry(i).or_default().push(summary);
+            }
+            if let Some(summary) = Latency::of(&mut floor.ack) {
+                acks.entry(i).or_default().push(summary);
+            }
+        }
+        let mut order = [Wakeup::Listen, Wakeup::PollOnly];
+        if rep % 2 == 1 {
+            order.reverse();
+        }
+        for wakeup in order {
+            let relay =
+                RelayProcess::spawn(&db.url, &broker.bootstrap(), "latency", &wakeup.env()).await?;
+            // Warm-up: the relay's first batch waits for a new producer.
+            let warm = open_loop(&client, &mut creators, 50.0, Duration::from_secs(1)).await;
+            collect(&arrivals, &warm, Duration::from_secs(15)).await;
+            for (i, &rate) in plan.latency_rates.iter().enumerate() {
+                let mut run =
+                    open_loop(&client, &mut creators, rate, Plan::secs(plan.latency_secs)).await;
+                let (mut lower, mut upper, lost) =
+                    collect(&arrivals, &run, Duration::from_secs(15)).await;
+                missing += lost + run.errors as usize;
+                let (Some(lower), Some(upper), Some(http)) = (
+                    Latency::of(&mut lower),
+                    Latency::of(&mut upper),
+                    Latency::of(&mut run.latencies),
+                ) else {
+                    anyhow::bail!("no events arrived at {rate}/s ({wakeup:?})");
+                };
+                println!(
+                    "  rep {} {wakeup:?} @{rate}/s: p50 {:.1}–{:.1} ms, p99 {:.1}–{:.1} ms, max {:.1} ms; HTTP p50 {:.1} / p99 {:.1} ms ({} events)",
+                    rep + 1,
+                    ms(lower.p50),
+                    ms(upper.p50),
+                    ms(lower.p99),
+                    ms(upper.p99),
+                    ms(lower.max),
+                    ms(http.p50),
+                    ms(http.p99),
+                    lower.samples
+                );
+                results
+                    .entry((wakeup, i))
+                    .or_default()
+                    .push(Run { lower, upper, http });
+            }
+            if let Some(peak) = relay.peak_rss_mb() {
+                let label = format!("scenario 3 (relay, {wakeup:?}, up to 1,000 commands/s)");
+                ctx.memory.relay.push((label, peak));
+            }
+            relay.stop().await;
+        }
+    }
+    if let Some(peak) = api.peak_rss_mb() {
+        ctx.memory
+            .api
+            .push(("scenario 3 (API at up to 1,000 commands/s)".into(), peak));
+    }
+    drop(arrivals);
+    api.stop().await;
+
+    for (i, rate) in plan.latency_rates.iter().enumerate() {
+        let (Some(listen), Some(poll)) = (
+            results.get(&(Wakeup::Listen, i)),
+            results.get(&(Wakeup::PollOnly, i)),
+        ) else {
+            anyhow::bail!("no latency results at {rate}/s");
+        };
+        let lower: Vec<Latency> = listen.iter().map(|r| r.lower).collect();
+        let upper: Vec<Latency> = listen.iter().map(|r| r.upper).collect();
+        let http: Vec<Latency> = listen.iter().map(|r| r.http).collect();
+        let poll: Vec<Latency> = poll.iter().map(|r| r.lower).collect();
+        let (p50, p99, max) = summarise(&lower);
+        let (up50, up99, _) = summarise(&upper);
+        let (http50, http99, _) = summarise(&http);
+        let (poll_p50, poll_p99, _) = summarise(&poll);
+        println!("  @{rate}/s with LISTEN: HTTP p50 {http50:.1} / p99 {http99:.1} ms");
+        let mut figure = Figure::new(
+            "3",
+            format!(
+                "commit→consumer at {}/s, LISTEN vs poll-only relay (p50)",
+                thousands(*rate)
+            ),
+        )
+        .value(format!(
+            "p50 {p50:.1} / p99 {p99:.1} / max {max:.1} ms (upper bound p50 {up50:.1} / p99 {up99:.1})"
+        ))
+        .baseline(format!(
+            "poll-only p50 {poll_p50:.0} / p99 {poll_p99:.0} ms"
+        ))
+        .ratio(p50 / poll_p50);
+        if i == 0 {
+            figure = figure.goal(
+                "p50 ≤ 5 ms, p99 ≤ 25 ms",
+                p50 <= 5.0 && p99 <= 25.0 && missing == 0,
+            );
+        }
+        ctx.report.push(figure);
+        if let (Some(floor), Some(ack)) = (floors.get(&i), acks.get(&i)) {
+            let (floor_p50, floor_p99, _) = summarise(floor);
+            let (ack_p50, _, _) = summarise(ack);
+            ctx.report.push(
+                Figure::new(
+                    "3",
+                    "… same load, relay (LISTEN) vs producer→consumer floor (p50)",
+                )
+                .value(format!("relay p50 {p50:.1} / p99 {p99:.1} ms"))
+                .baseline(format!(
+                    "floor p50 {floor_p50:.1} / p99 {floor_p99:.1} ms (ack p50 {ack_p50:.1})"
+                ))
+                .ratio(p50 / floor_p50),
+            );
+        }
+    }
+    ctx.report.note(format!(
+        "Scenario 3: open-loop load for {} s per rate, {} rep(s), relay restarted per wake-up mode \
+         (LISTEN first on odd reps). Latency = consumer receipt − HTTP response: a lower bound, short \
+         of the commit by the response's write when the API keeps up; the upper bound counts from the \
+         event's `ce_time`, taken before the transaction, so it includes the transaction (and any \
+         wait for the NOTIFY lock). Consumer: \
+         fetch.wait.max.ms={FETCH_WAIT_MS}, polled on its own thread. Floor: an rdkafka producer \
+         with the relay's settings sending one record at a time at the same rate straight to the \
+         broker, send → consumer receipt. Poll-only relay: default \
+         RELAY_POLL_INTERVAL=1s. Events missing or failed: {missing}.",
+        plan.latency_secs, plan.latency_reps,
+    ));
+    Ok(())
+}
+
+/// Median p50 and p99 over repetitions, and the overall max, in ms.
+fn summarise(runs: &[Latency]) -> (f64, f64, f64) {
+    let p50: Vec<f64> = runs.iter().map(|l| ms(l.p50)).collect();
+    let p99: Vec<f64> = runs.iter().map(|l| ms(l.p99)).collect();
+    let max = runs.iter().map(|l| ms(l.max)).fold(0.0, f64::max);
+    (median(&p50), median(&p99), max)
+}
+
+/// Lower- and upper-bound latencies of a run's events, and how many never arrived.
+async fn collect(
+    arrivals: &Arrivals,
+    run: &OpenLoop,
+    timeout: Duration,
+) -> (Vec<Duration>, Vec<Duration>, usize) {
+    let keys: Vec<_> = run
+        .completions
+        .iter()
+        .map(|c| (c.stream_id, c.version))
+        .collect();
+    let arrived = arrivals.wait_for(&keys, timeout).await;
+    let (mut lower, mut upper) = (Vec::with_capacity(keys.len()), Vec::new());
+    let mut missing = 0;
+    for (completion, arrival) in run.completions.iter().zip(arrived) {
+        let Some(arrival) = arrival else {
+            missing += 1;
+            continue;
+        };
+        lower.push(arrival.at.saturating_duration_since(completion.responded));
+        upper.extend(arrival.since_occurred);
+    }
+    (lower, upper, missing)
+}

@@ -1,0 +1,90 @@
+//! The six scenarios of issue 5, one module each, plus the pieces only one
+//! scenario needs (the pgbench scripts, the old inline-publish design, the
+//! latency consumer).
+
+pub mod commands;
+pub mod consumer;
+pub mod drain;
+pub mod floor;
+pub mod latency;
+pub mod list;
+pub mod memory;
+pub mod old_design;
+pub mod outage;
+pub mod pgbench;
+
+use sqlx::PgPool;
+
+use crate::plan::Plan;
+use crate::report::Report;
+
+/// Peak RSS readings (MB) gathered by scenarios 1–3 for scenario 6.
+#[derive(Debug, Default)]
+pub struct MemoryPeaks {
+    pub api: Vec<(String, f64)>,
+    pub relay: Vec<(String, f64)>,
+}
+
+/// What every scenario gets: the plan, an admin connection to create scratch
+/// databases with, the report to add figures to.
+pub struct Ctx {
+    pub plan: Plan,
+    pub admin: PgPool,
+    pub admin_url: String,
+    pub report: Report,
+    pub memory: MemoryPeaks,
+    /// The API's HS256 secret; the bench signs its own tokens with it.
+    pub jwt_secret: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Scenario {
+    /// 1: command throughput vs pgbench, and the NOTIFY's cost.
+    Commands,
+    /// 2: relay drain vs a raw producer.
+    Drain,
+    /// 3: commit-to-consumer latency, LISTEN vs poll-only.
+    Latency,
+    /// 4: batched list vs N+1.
+    List,
+    /// 5: command latency with the broker up vs stopped, and the old design.
+    Outage,
+    /// 6: peak RSS of API and relay (runs 1 and 2).
+    Memory,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Commands,
+        Scenario::Drain,
+        Scenario::Latency,
+        Scenario::List,
+        Scenario::Outage,
+        Scenario::Memory,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Scenario::Commands => "1. command throughput",
+            Scenario::Drain => "2. relay drain",
+            Scenario::Latency => "3. commit-to-consumer latency",
+            Scenario::List => "4. list endpoint",
+            Scenario::Outage => "5. Kafka outage isolation",
+            Scenario::Memory => "6. memory",
+        }
+    }
+
+    pub async fn run(self, ctx: &mut Ctx) -> anyhow::Result<()> {
+        match self {
+            Scenario::Commands => commands::run(ctx).await,
+            Scenario::Drain => drain::run(ctx).await,
+            Scenario::Latency => latency::run(ctx).await,
+            Scenario::List => list::run(ctx).await,
+            Scenario::Outage => outage::run(ctx).await,
+            Scenario::Memory => {
+                memory::report(ctx);
+                Ok(())
+            }
+        }
+    }
+}
