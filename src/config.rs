@@ -49,6 +49,11 @@ pub struct Settings {
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// Requests served at once; past it, API requests are shed with 503 (health
+    /// and metrics are always served). Bounds memory and latency under overload.
+    #[arg(long, env = "MAX_IN_FLIGHT_REQUESTS", default_value_t = 512)]
+    pub max_in_flight_requests: usize,
+
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -69,6 +74,7 @@ impl Settings {
             redis_timeout: Duration::from_millis(200),
             presence_window: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
+            max_in_flight_requests: 512,
             shutdown_grace: Duration::from_secs(5),
         }
     }

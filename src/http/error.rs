@@ -55,6 +55,9 @@ pub enum ApiError {
     /// 503: Redis (viewer presence) did not answer in time.
     #[error("viewer presence unavailable")]
     PresenceUnavailable,
+    /// 503 with `Retry-After`: too many requests in flight; shed, not queued.
+    #[error("server overloaded, retry shortly")]
+    Overloaded,
     /// 504: the request took longer than the configured timeout.
     #[error("request timed out")]
     Timeout,
@@ -115,6 +118,7 @@ impl ApiError {
             Self::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             Self::DatabaseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
             Self::PresenceUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "presence_unavailable"),
+            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -139,7 +143,10 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
-        if matches!(self, Self::DatabaseUnavailable | Self::PresenceUnavailable) {
+        if matches!(
+            self,
+            Self::DatabaseUnavailable | Self::PresenceUnavailable | Self::Overloaded
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -30,6 +30,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub notifier: EventNotifier,
     pub request_timeout: Duration,
+    /// Permits for API requests in flight (tokio's semaphore: awaited nowhere, only `try_acquire`d).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -45,6 +47,10 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             ops::request_timeout,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            ops::shed_load,
         ))
         .route_layer(middleware::from_fn(ops::track_requests))
         .layer(TraceLayer::new_for_http())

@@ -131,3 +131,20 @@ pub async fn request_timeout(
         Err(_) => ApiError::Timeout.into_response(),
     }
 }
+
+/// Sheds API requests past the in-flight limit with 503 instead of queueing
+/// them: queued work only adds latency and memory once the database is the
+/// bottleneck. Probes and metrics are exempt, so an overloaded pod is not
+/// also reported dead.
+pub async fn shed_load(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+        return next.run(request).await;
+    }
+    match state.in_flight.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => {
+            metrics::counter!("http_requests_shed_total").increment(1);
+            ApiError::Overloaded.into_response()
+        }
+    }
+}

@@ -254,3 +254,46 @@ fn the_api_does_not_depend_on_rdkafka() {
         "nova-streaming reaches rdkafka"
     );
 }
+
+#[sqlx::test]
+async fn requests_past_the_in_flight_limit_are_shed(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |s| s.max_in_flight_requests = 1).await;
+    let alice = app.create_user("alice").await;
+    let stream = app.live_stream(alice, "show").await;
+
+    // One request held inside its transaction takes the only permit.
+    let mut blocker = app.pool.begin().await.unwrap();
+    sqlx::query("select 1 from live_streams where id = $1 for update")
+        .bind(stream)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let held = {
+        let (client, url, token) = (
+            app.client.clone(),
+            app.url(&format!("/v1/streams/{stream}/end")),
+            app.token(alice),
+        );
+        tokio::spawn(async move { client.post(url).bearer_auth(token).send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert!(!held.is_finished(), "the end request is held");
+    let shed = app.get("/v1/streams").await;
+    assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(shed.error_code(), "overloaded");
+    assert_eq!(shed.headers["retry-after"], "1");
+    assert_eq!(
+        app.get("/healthz").await.status,
+        StatusCode::OK,
+        "probes are never shed"
+    );
+
+    blocker.rollback().await.unwrap();
+    assert_eq!(held.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        app.get("/v1/streams").await.status,
+        StatusCode::OK,
+        "the permit came back"
+    );
+}
