@@ -66,6 +66,13 @@ pub struct RunArgs {
     #[arg(long, env = "RELAY_LOCK_CHECK_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub lock_check_interval: Duration,
 
+    /// Batches sent and awaiting acks at once; the next is read and produced
+    /// while older ones wait. 1 = one batch at a time. Crash duplicates are
+    /// bounded by this times the batch size.
+    #[arg(long, env = "RELAY_MAX_IN_FLIGHT_BATCHES", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub max_in_flight_batches: u32,
+
     /// `NOTIFY` channel the service signals on.
     #[arg(long, env = "RELAY_CHANNEL", default_value = "nova_events")]
     pub channel: String,
@@ -73,6 +80,21 @@ pub struct RunArgs {
     /// Producer settings, deadlines and backoff (shared with `replay`).
     #[command(flatten)]
     pub publish: PublishArgs,
+}
+
+impl RunArgs {
+    /// Rejects settings the relay loop cannot work with.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.publish.validate()?;
+        // The whole window sits in librdkafka's queue; beyond its default
+        // `queue.buffering.max.messages` every send would fail with QueueFull.
+        let window = u64::from(self.max_in_flight_batches) * u64::from(self.publish.batch_size);
+        anyhow::ensure!(
+            window <= 100_000,
+            "RELAY_MAX_IN_FLIGHT_BATCHES × RELAY_BATCH_SIZE ({window}) is above 100,000"
+        );
+        Ok(())
+    }
 }
 
 /// How events are published: the same for the live relay and for `replay`, so
@@ -357,6 +379,7 @@ mod tests {
         assert_eq!(args.publish.backoff_min, Duration::from_millis(100));
         assert_eq!(args.publish.backoff_max, Duration::from_secs(30));
         assert_eq!(args.poll_interval, Duration::from_secs(1));
+        assert_eq!(args.max_in_flight_batches, 4);
         assert_eq!(args.topic, "nova.stream-events");
         assert_eq!(args.publish.kafka.brokers, "127.0.0.1:9092");
     }

@@ -8,6 +8,7 @@
 //! - [`cli`]: what each subcommand does; signal handling; log setup.
 //! - [`service`]: the deployable: wires the tasks below and shuts them down.
 //! - [`relay`]: the loop: standby → leader → read, publish, checkpoint, back off.
+//! - [`in_flight`]: the window of batches sent and awaiting acks, settled in order.
 //! - [`leader`]: the session advisory lock, on a dedicated connection that also
 //!   reads and writes checkpoints, so a relay without the lock can do neither.
 //! - [`reader`]: the gap-safe read below the transaction horizon, and backlog stats.
@@ -16,7 +17,7 @@
 //!   future, or another system identifier).
 //! - [`event`]: an event row and its Kafka record (key, value, CloudEvents headers).
 //! - [`publisher`]: the idempotent producer, for relay and replay: whole batch
-//!   in, all acks awaited, a deadline per attempt, rebuilt after any failure.
+//!   in, all acks awaited, a deadline per batch, rebuilt after any failure.
 //! - [`wakeup`]: `LISTEN nova_events`, re-registered on reconnect; the poll fallback
 //!   lives in [`relay`].
 //! - [`stats`]: backlog, oldest unpublished event, horizon hold-back.
@@ -34,6 +35,7 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod health;
+pub mod in_flight;
 pub mod leader;
 pub mod metrics;
 pub mod publisher;

@@ -10,11 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::try_join_all;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::PublishArgs;
@@ -109,6 +108,16 @@ impl ClientContext for StaleFlag {
     }
 }
 
+/// A batch enqueued on the producer whose acks are not awaited yet.
+pub struct Sent {
+    deliveries: Vec<DeliveryFuture>,
+    started: Instant,
+    /// From `started`: the batch's own deadline, however long it waits its turn.
+    timeout: Duration,
+    /// The flag of the producer it was sent on.
+    stale: StaleFlag,
+}
+
 struct LiveProducer {
     producer: FutureProducer<StaleFlag>,
     stale: StaleFlag,
@@ -155,57 +164,96 @@ impl Publisher {
     /// been discarded.
     #[tracing::instrument(skip_all, fields(events = events.len()))]
     pub async fn publish(&mut self, events: &[OutboxEvent]) -> Result<Duration, PublishError> {
-        let result = self.try_publish(events).await;
+        let sent = self.send(events).await?;
+        self.acked(sent).await
+    }
+
+    /// Enqueues the whole batch and returns without awaiting any ack, so the
+    /// caller can send more batches while this one is in flight. The batch's
+    /// deadline starts now. On `Err` the producer has been discarded.
+    pub async fn send(&mut self, events: &[OutboxEvent]) -> Result<Sent, PublishError> {
+        let result = self.try_send(events).await;
         if result.is_err() {
             self.discard();
         }
         result
     }
 
-    async fn try_publish(&mut self, events: &[OutboxEvent]) -> Result<Duration, PublishError> {
+    /// Awaits every acknowledgement of `sent` until its deadline. Returns how
+    /// long it took since the enqueue. On `Err` nothing of it may be assumed
+    /// delivered, and the producer has been discarded, which purges every other
+    /// batch still in flight too.
+    pub async fn acked(&mut self, sent: Sent) -> Result<Duration, PublishError> {
+        let Sent {
+            deliveries,
+            started,
+            timeout,
+            stale,
+        } = sent;
+        let acks = async {
+            for delivery in deliveries {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((err, _))) => return Err(PublishError::Delivery(err)),
+                    Err(_) => return Err(PublishError::Canceled),
+                }
+            }
+            Ok(())
+        };
+        let result = tokio::select! {
+            acked = tokio::time::timeout_at((started + timeout).into(), acks) => match acked {
+                Ok(Ok(())) => {
+                    if let Some(live) = &mut self.live {
+                        live.warmed_up = true;
+                    }
+                    Ok(started.elapsed())
+                }
+                Ok(Err(err)) => Err(err),
+                Err(_) => Err(PublishError::Timeout(timeout)),
+            },
+            () = stale.tripped() => Err(PublishError::ConnectionLost),
+        };
+        if result.is_err() {
+            self.discard();
+        }
+        result
+    }
+
+    /// True once the current producer lost its broker connection: batches in
+    /// flight on it will fail, so don't send more on it.
+    pub fn is_stale(&self) -> bool {
+        self.live.as_ref().is_some_and(|live| live.stale.is_set())
+    }
+
+    async fn try_send(&mut self, events: &[OutboxEvent]) -> Result<Sent, PublishError> {
         self.ensure_producer().await?;
         let live = self.live.as_mut().expect("ensured above");
-        let deadline = if live.warmed_up {
+        // Every batch sent before a new producer's first ack waits behind that
+        // first one (connect, producer id), so each gets the warm-up deadline.
+        let timeout = if live.warmed_up {
             self.delivery_timeout
         } else {
             self.warmup_timeout
         };
-        let parts: Vec<_> = events
-            .iter()
-            .map(|e| {
-                let mut parts = e.record_parts(&self.ce_source);
-                parts.headers.extend(self.extra_headers.iter().cloned());
-                parts
-            })
-            .collect();
         let started = Instant::now();
         // Enqueue the whole batch before awaiting anything: one round trip per
         // batch (per partition), not per event.
-        let mut deliveries = Vec::with_capacity(parts.len());
-        for part in &parts {
-            let future = live
+        let mut deliveries = Vec::with_capacity(events.len());
+        for event in events {
+            let mut parts = event.record_parts(&self.ce_source);
+            parts.headers.extend(self.extra_headers.iter().cloned());
+            let delivery = live
                 .producer
-                .send_result(part.record(&self.topic))
+                .send_result(parts.record(&self.topic))
                 .map_err(|(err, _)| PublishError::Enqueue(err))?;
-            deliveries.push(async move {
-                match future.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((err, _))) => Err(PublishError::Delivery(err)),
-                    Err(_) => Err(PublishError::Canceled),
-                }
-            });
+            deliveries.push(delivery);
         }
-        tokio::select! {
-            acked = tokio::time::timeout(deadline, try_join_all(deliveries)) => match acked {
-                Ok(Ok(_)) => {
-                    live.warmed_up = true;
-                    Ok(started.elapsed())
-                }
-                Ok(Err(err)) => Err(err),
-                Err(_) => Err(PublishError::Timeout(deadline)),
-            },
-            () = live.stale.tripped() => Err(PublishError::ConnectionLost),
-        }
+        Ok(Sent {
+            deliveries,
+            started,
+            timeout,
+            stale: live.stale.clone(),
+        })
     }
 
     async fn ensure_producer(&mut self) -> Result<(), PublishError> {

@@ -1,7 +1,9 @@
-//! The relay loop: wait as a standby until the leader lock is ours, then read a
-//! batch after the checkpoint, publish it whole, and advance the checkpoint only
-//! once every event in it is acknowledged. A failed attempt is retried from the
-//! checkpoint after an exponential, jittered backoff, forever.
+//! The relay loop: wait as a standby until the leader lock is ours, then read
+//! batches after the checkpoint and produce each whole, keeping up to
+//! `RELAY_MAX_IN_FLIGHT_BATCHES` awaiting acks ([`InFlight`]), and advance the
+//! checkpoint, in order, only past batches whose every event is acknowledged. A
+//! failure drops the window and is retried from the checkpoint after an
+//! exponential, jittered backoff, forever.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,9 +16,10 @@ use crate::backoff::RetryDelay;
 use crate::checkpoint::{self, CheckpointError, StoredCheckpoint};
 use crate::config::RunArgs;
 use crate::health::{Health, RelayState};
+use crate::in_flight::InFlight;
 use crate::leader::LeaderLock;
 use crate::metrics::RelayMetrics;
-use crate::publisher::Publisher;
+use crate::publisher::{PublishError, Publisher};
 use crate::reader;
 use crate::restore::{self, ClusterState};
 
@@ -38,6 +41,12 @@ pub struct Relay {
     metrics: Arc<RelayMetrics>,
     health: Health,
     wakeup: Arc<Notify>,
+}
+
+/// A leadership's retry state and whether its first batch was acknowledged.
+struct Progress {
+    retry: RetryDelay,
+    first_batch: bool,
 }
 
 /// How a wait between reads ended.
@@ -63,7 +72,7 @@ impl Relay {
         }
     }
 
-    /// Runs until `shutdown`; a batch in flight is finished and checkpointed first.
+    /// Runs until `shutdown`; batches in flight are finished and checkpointed first.
     pub async fn run(mut self, shutdown: CancellationToken) {
         while let Some(mut lock) = self.wait_for_lock(&shutdown).await {
             tracing::info!(relay = %self.args.relay_name, "leader lock acquired; publishing");
@@ -129,13 +138,19 @@ impl Relay {
             return Ok(());
         };
         let mut last_check = Instant::now();
-        let mut retry = RetryDelay::new(&self.args.publish);
-        let mut first_batch = true;
+        let mut progress = Progress {
+            retry: RetryDelay::new(&self.args.publish),
+            first_batch: true,
+        };
+        let mut window = InFlight::new(self.args.max_in_flight_batches as usize);
         loop {
             if shutdown.is_cancelled() {
-                return Ok(());
+                return self
+                    .finish_window(lock, &mut window, &mut stored, &cluster, &mut progress)
+                    .await;
             }
-            if last_check.elapsed() >= self.args.poll_interval {
+            let check_due = last_check.elapsed() >= self.args.poll_interval;
+            if check_due && window.is_empty() {
                 // The checkpoint may have been reset by an operator meanwhile.
                 stored = checkpoint::load(lock.conn(), &name).await.map_err(lost)?;
                 match self.guard_restore(lock, &mut stored, shutdown).await? {
@@ -143,65 +158,134 @@ impl Relay {
                     None => return Ok(()),
                 }
                 last_check = Instant::now();
+                continue;
             }
-            let after = stored.map(|s| s.checkpoint).unwrap_or_default();
-            let batch = reader::read_batch(lock.conn(), after, self.args.publish.batch_size)
-                .await
-                .map_err(lost)?;
-            let Some(last) = batch.last() else {
-                let held_back = reader::any_held_back(lock.conn(), after)
+            // Settle the oldest batch before sending more when the window is
+            // full; when the producer lost its connection (every batch on it will
+            // fail); and before the periodic check, so that `stored` is then
+            // exactly what this relay wrote and a reset is not mistaken for it.
+            let settle_first =
+                check_due || window.is_full() || (!window.is_empty() && self.publisher.is_stale());
+            let outcome = if settle_first {
+                self.settle_oldest(lock, &mut window, &mut stored, &cluster, &mut progress)
+                    .await?
+            } else {
+                let committed = stored.map(|s| s.checkpoint).unwrap_or_default();
+                let after = window.read_ahead(committed);
+                let batch = reader::read_batch(lock.conn(), after, self.args.publish.batch_size)
                     .await
                     .map_err(lost)?;
-                let timeout = if held_back {
-                    HELD_BACK_RECHECK.min(self.args.poll_interval)
+                if !batch.is_empty() {
+                    // Enqueue only: its acks are awaited once it is the oldest.
+                    self.publisher
+                        .send(&batch)
+                        .await
+                        .map(|sent| window.push(batch, sent))
+                } else if !window.is_empty() {
+                    // Caught up: nothing more to read until older batches settle.
+                    self.settle_oldest(lock, &mut window, &mut stored, &cluster, &mut progress)
+                        .await?
                 } else {
-                    self.args.poll_interval
-                };
-                match self.wait(lock, timeout, true, shutdown).await? {
-                    Waited::Ready => continue,
-                    Waited::Shutdown => return Ok(()),
-                }
-            };
-            // Not raced with shutdown: a batch in flight is finished and
-            // checkpointed (bounded by the attempt deadline). Raced with the lock:
-            // without it, stop publishing at once.
-            let outcome = tokio::select! {
-                outcome = self.publisher.publish(&batch) => outcome,
-                err = lock.lost() => {
-                    self.publisher.discard();
-                    return Err(RelayError::LockLost(err));
-                }
-            };
-            match outcome {
-                Ok(latency) => {
-                    let new = StoredCheckpoint {
-                        checkpoint: last.checkpoint(),
-                        system_identifier: Some(cluster.system_identifier),
+                    let held_back = reader::any_held_back(lock.conn(), after)
+                        .await
+                        .map_err(lost)?;
+                    let timeout = if held_back {
+                        HELD_BACK_RECHECK.min(self.args.poll_interval)
+                    } else {
+                        self.args.poll_interval
                     };
-                    checkpoint::advance(lock.conn(), &name, stored, new).await?;
-                    stored = Some(new);
-                    self.record_success(&batch, latency);
-                    if std::mem::take(&mut first_batch) {
-                        tracing::info!(events = batch.len(), ?latency, "first batch acknowledged");
+                    match self.wait(lock, timeout, true, shutdown).await? {
+                        Waited::Ready => continue,
+                        Waited::Shutdown => return Ok(()),
                     }
-                    if retry.succeeded() {
-                        tracing::info!(checkpoint = %new.checkpoint, "publishing again after retries");
-                    }
-                    self.health.set(RelayState::Leader);
                 }
-                Err(err) => {
-                    let delay = retry.after_failure();
-                    self.metrics.retries.inc();
-                    self.metrics.backoff_seconds.set(delay.as_secs_f64());
-                    self.health.set(RelayState::BackingOff);
-                    tracing::warn!(error = %err, retry_in = ?delay, from = %after, events = batch.len(),
-                        "batch not acknowledged; retrying from the checkpoint");
-                    if let Waited::Shutdown = self.wait(lock, delay, false, shutdown).await? {
-                        return Ok(());
-                    }
+            };
+            if let Err(err) = outcome {
+                // The producer is discarded (everything in flight purged): drop
+                // the window and read again from the checkpoint.
+                window.clear();
+                let delay = progress.retry.after_failure();
+                self.metrics.retries.inc();
+                self.metrics.backoff_seconds.set(delay.as_secs_f64());
+                self.health.set(RelayState::BackingOff);
+                let from = stored.map(|s| s.checkpoint).unwrap_or_default();
+                tracing::warn!(error = %err, retry_in = ?delay, %from,
+                    "batch not acknowledged; retrying from the checkpoint");
+                if let Waited::Shutdown = self.wait(lock, delay, false, shutdown).await? {
+                    return Ok(());
                 }
             }
         }
+    }
+
+    /// Shutdown: batches in flight are finished and checkpointed, each bounded
+    /// by its deadline; a failure ends it (the rest is re-read on restart).
+    async fn finish_window(
+        &mut self,
+        lock: &mut LeaderLock,
+        window: &mut InFlight,
+        stored: &mut Option<StoredCheckpoint>,
+        cluster: &ClusterState,
+        progress: &mut Progress,
+    ) -> Result<(), RelayError> {
+        while !window.is_empty() {
+            let outcome = self
+                .settle_oldest(lock, window, stored, cluster, progress)
+                .await?;
+            if let Err(err) = outcome {
+                tracing::warn!(error = %err, "batch in flight at shutdown not acknowledged");
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Awaits the acks of the oldest batch in flight and, once all arrived,
+    /// advances the checkpoint to its end. Raced with the lock (without it, stop
+    /// publishing at once), not with shutdown. `Ok(Err)` = the batch failed; the
+    /// producer is discarded and the rest of the window is lost with it.
+    async fn settle_oldest(
+        &mut self,
+        lock: &mut LeaderLock,
+        window: &mut InFlight,
+        stored: &mut Option<StoredCheckpoint>,
+        cluster: &ClusterState,
+        progress: &mut Progress,
+    ) -> Result<Result<(), PublishError>, RelayError> {
+        let Some(batch) = window.pop_oldest() else {
+            return Ok(Ok(()));
+        };
+        let end = batch.end();
+        let outcome = tokio::select! {
+            outcome = self.publisher.acked(batch.sent) => outcome,
+            err = lock.lost() => {
+                self.publisher.discard();
+                return Err(RelayError::LockLost(err));
+            }
+        };
+        let latency = match outcome {
+            Ok(latency) => latency,
+            Err(err) => return Ok(Err(err)),
+        };
+        let new = StoredCheckpoint {
+            checkpoint: end,
+            system_identifier: Some(cluster.system_identifier),
+        };
+        checkpoint::advance(lock.conn(), &self.args.relay_name, *stored, new).await?;
+        *stored = Some(new);
+        self.record_success(&batch.events, latency);
+        if std::mem::take(&mut progress.first_batch) {
+            tracing::info!(
+                events = batch.events.len(),
+                ?latency,
+                "first batch acknowledged"
+            );
+        }
+        if progress.retry.succeeded() {
+            tracing::info!(checkpoint = %new.checkpoint, "publishing again after retries");
+        }
+        self.health.set(RelayState::Leader);
+        Ok(Ok(()))
     }
 
     /// Sleeps up to `timeout` (or until notified, if `wake_on_notify`), watching

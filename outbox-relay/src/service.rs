@@ -26,7 +26,7 @@ pub async fn run(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    args.publish.validate()?;
+    args.validate()?;
     anyhow::ensure!(
         !args.poll_interval.is_zero(),
         "RELAY_POLL_INTERVAL must be above zero"
