@@ -206,6 +206,30 @@ impl TestApp {
         .unwrap()
     }
 
+    /// Sends `POST /v1/streams/{stream}/end` while the returned transaction
+    /// holds the stream's row lock, so the request stays in flight (blocked
+    /// inside its own transaction) until that transaction ends.
+    pub async fn end_request_held_in_flight(
+        &self,
+        stream: Uuid,
+        creator: Uuid,
+    ) -> (
+        sqlx::Transaction<'static, sqlx::Postgres>,
+        JoinHandle<reqwest::Result<reqwest::Response>>,
+    ) {
+        let mut blocker = self.pool.begin().await.unwrap();
+        sqlx::query("select 1 from live_streams where id = $1 for update")
+            .bind(stream)
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+        let request = self
+            .client
+            .post(self.url(&format!("/v1/streams/{stream}/end")))
+            .bearer_auth(self.token(creator));
+        (blocker, tokio::spawn(request.send()))
+    }
+
     /// Rows in `table`.
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("select count(*) from {table}"))

@@ -109,20 +109,7 @@ async fn shutdown_lets_in_flight_requests_finish(pool: PgPool) {
     let stream = app.live_stream(alice, "show").await;
 
     // Hold the stream's row lock so the end request blocks inside its transaction.
-    let mut blocker = app.pool.begin().await.unwrap();
-    sqlx::query("select 1 from live_streams where id = $1 for update")
-        .bind(stream)
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
-    let in_flight = {
-        let (client, url, token) = (
-            app.client.clone(),
-            app.url(&format!("/v1/streams/{stream}/end")),
-            app.token(alice),
-        );
-        tokio::spawn(async move { client.post(url).bearer_auth(token).send().await })
-    };
+    let (blocker, in_flight) = app.end_request_held_in_flight(stream, alice).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     app.shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -262,20 +249,7 @@ async fn requests_past_the_in_flight_limit_are_shed(pool: PgPool) {
     let stream = app.live_stream(alice, "show").await;
 
     // One request held inside its transaction takes the only permit.
-    let mut blocker = app.pool.begin().await.unwrap();
-    sqlx::query("select 1 from live_streams where id = $1 for update")
-        .bind(stream)
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
-    let held = {
-        let (client, url, token) = (
-            app.client.clone(),
-            app.url(&format!("/v1/streams/{stream}/end")),
-            app.token(alice),
-        );
-        tokio::spawn(async move { client.post(url).bearer_auth(token).send().await })
-    };
+    let (blocker, held) = app.end_request_held_in_flight(stream, alice).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     assert!(!held.is_finished(), "the end request is held");
