@@ -6,10 +6,9 @@ use std::time::Duration;
 use rand::Rng as _;
 use sqlx::Connection as _;
 
-use crate::harness::process::RelayEnv;
 use crate::harness::writes::{all_event_ids, create_user, end_stream, start_stream};
-use crate::harness::{assert_per_stream_order, broker::Storage, consumer::TopicReader, dedupe};
-use crate::harness::{eventually, Broker, RelayProcess, TestDb, TOPIC};
+use crate::harness::{assert_per_stream_order, dedupe};
+use crate::harness::{eventually, leader_stack, LeaderStack, TestDb};
 
 /// Read inside the writing transaction: the row is not visible elsewhere yet.
 async fn position_of(conn: &mut sqlx::PgConnection, stream: uuid::Uuid) -> i64 {
@@ -29,14 +28,12 @@ async fn checkpoint_position(db: &TestDb) -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_commit_with_the_lower_position_is_delivered() {
-    let db = TestDb::new().await;
-    let broker = Broker::start(Storage::Memory).await;
-    broker.create_topic(TOPIC).await;
-    let relay = RelayProcess::spawn(&RelayEnv::new(&db.url, &broker.bootstrap()));
-    relay
-        .wait_for_state("leader", Duration::from_secs(15))
-        .await;
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let LeaderStack {
+        db,
+        broker: _broker,
+        relay,
+        mut topic,
+    } = leader_stack().await;
     let mut creators = Vec::new();
     for _ in 0..4 {
         creators.push(create_user(&db.pool).await);
@@ -108,14 +105,12 @@ async fn late_commit_with_the_lower_position_is_delivered() {
 async fn randomized_concurrent_writers_lose_nothing_and_keep_stream_order() {
     const WRITERS: usize = 16;
     const STREAMS_PER_WRITER: usize = 160; // 16 × 160 × 2 = 5,120 events
-    let db = TestDb::new().await;
-    let broker = Broker::start(Storage::Memory).await;
-    broker.create_topic(TOPIC).await;
-    let relay = RelayProcess::spawn(&RelayEnv::new(&db.url, &broker.bootstrap()));
-    relay
-        .wait_for_state("leader", Duration::from_secs(15))
-        .await;
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let LeaderStack {
+        db,
+        broker: _broker,
+        relay: _relay,
+        mut topic,
+    } = leader_stack().await;
 
     let mut writers = Vec::new();
     for _ in 0..WRITERS {

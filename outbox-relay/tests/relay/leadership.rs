@@ -8,7 +8,7 @@ use sqlx::Connection as _;
 use crate::harness::process::RelayEnv;
 use crate::harness::writes::{all_event_ids, bulk_events};
 use crate::harness::{assert_per_stream_order, broker::Storage, consumer::TopicReader};
-use crate::harness::{eventually, Broker, RelayProcess, TestDb, TOPIC};
+use crate::harness::{eventually, leader_stack, Broker, LeaderStack, RelayProcess, TestDb, TOPIC};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_takes_over_from_a_killed_leader_without_loss() {
@@ -86,14 +86,12 @@ async fn standby_takes_over_from_a_killed_leader_without_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_that_loses_its_lock_connection_stops_publishing() {
-    let db = TestDb::new().await;
-    let broker = Broker::start(Storage::Memory).await;
-    broker.create_topic(TOPIC).await;
-    let relay = RelayProcess::spawn(&RelayEnv::new(&db.url, &broker.bootstrap()));
-    relay
-        .wait_for_state("leader", Duration::from_secs(15))
-        .await;
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let LeaderStack {
+        db,
+        broker: _broker,
+        relay,
+        mut topic,
+    } = leader_stack().await;
 
     // Kill the lock connection's backend, and take the lock before the relay
     // can take it back.

@@ -23,6 +23,34 @@ pub use process::RelayProcess;
 pub const TOPIC: &str = "nova.stream-events";
 pub const PARTITIONS: i32 = 3;
 
+/// The usual cast of a relay test: a fresh database, a `memory://` broker with
+/// the topic, one relay on default settings that has become leader, and a
+/// reader of the topic. Destructure in field order, so locals drop as before
+/// (reader, relay, broker, database).
+pub struct LeaderStack {
+    pub db: TestDb,
+    pub broker: Broker,
+    pub relay: RelayProcess,
+    pub topic: consumer::TopicReader,
+}
+
+pub async fn leader_stack() -> LeaderStack {
+    let db = TestDb::new().await;
+    let broker = Broker::start(broker::Storage::Memory).await;
+    broker.create_topic(TOPIC).await;
+    let relay = RelayProcess::spawn(&process::RelayEnv::new(&db.url, &broker.bootstrap()));
+    relay
+        .wait_for_state("leader", Duration::from_secs(15))
+        .await;
+    let topic = consumer::TopicReader::new(&broker.bootstrap());
+    LeaderStack {
+        db,
+        broker,
+        relay,
+        topic,
+    }
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
