@@ -97,6 +97,24 @@ impl TopicReader {
         &self.records
     }
 
+    /// Reads until every event committed to the log has arrived, asserts that
+    /// exactly those arrived (none missing, none foreign) with each stream's
+    /// events in order, and returns every record read (duplicates included)
+    /// with the number of committed events.
+    pub async fn read_every_committed_event(
+        &mut self,
+        pool: &sqlx::PgPool,
+        timeout: Duration,
+    ) -> (&[Record], usize) {
+        let expected = crate::harness::writes::all_event_ids(pool).await;
+        let records = self.read_until_distinct(expected.len(), timeout).await;
+        let delivered: std::collections::HashSet<String> =
+            records.iter().map(|r| r.ce_id().to_owned()).collect();
+        assert_eq!(delivered, expected);
+        assert_per_stream_order(records);
+        (records, expected.len())
+    }
+
     /// Reads for a fixed time: to show that nothing (more) arrives.
     pub async fn read_for(&mut self, duration: Duration) -> &[Record] {
         self.poll_for(duration).await;
