@@ -20,6 +20,29 @@ fn reset_checkpoint(db: &TestDb, args: &[&str]) -> std::process::Output {
         .expect("run reset-checkpoint")
 }
 
+/// Runs the recovery command, waits for the relay to lead again, and returns
+/// how many records the topic holds once all 20 events of the test arrived.
+async fn recover(
+    db: &TestDb,
+    relay: &RelayProcess,
+    topic: &mut TopicReader,
+    args: &[&str],
+) -> usize {
+    let reset = reset_checkpoint(db, args);
+    assert!(
+        reset.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reset.stderr)
+    );
+    relay
+        .wait_for_state("leader", Duration::from_secs(10))
+        .await;
+    topic
+        .read_until_distinct(20, Duration::from_secs(20))
+        .await
+        .len()
+}
+
 async fn assert_refusing(relay: &RelayProcess, topic: &mut TopicReader, command: &str) {
     relay
         .wait_for_state("refusing", Duration::from_secs(15))
@@ -68,17 +91,8 @@ async fn checkpoint_ahead_of_the_cluster_is_refused_until_reset() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("refusing"));
 
-    let reset = reset_checkpoint(&db, &["--to-start"]);
-    assert!(
-        reset.status.success(),
-        "{}",
-        String::from_utf8_lossy(&reset.stderr)
-    );
-    relay
-        .wait_for_state("leader", Duration::from_secs(10))
-        .await;
-    let records = topic.read_until_distinct(20, Duration::from_secs(20)).await;
-    assert_eq!(records.len(), 20);
+    let records = recover(&db, &relay, &mut topic, &["--to-start"]).await;
+    assert_eq!(records, 20);
     assert_eq!(relay.metric("outbox_relay_restore_detected").await, 0.0);
 }
 
@@ -109,19 +123,9 @@ async fn another_system_identifier_is_refused_until_adopted() {
     )
     .await;
 
-    let reset = reset_checkpoint(&db, &["--adopt-cluster"]);
-    assert!(
-        reset.status.success(),
-        "{}",
-        String::from_utf8_lossy(&reset.stderr)
-    );
-    relay
-        .wait_for_state("leader", Duration::from_secs(10))
-        .await;
-    let records = topic.read_until_distinct(20, Duration::from_secs(20)).await;
+    let records = recover(&db, &relay, &mut topic, &["--adopt-cluster"]).await;
     assert_eq!(
-        records.len(),
-        20,
+        records, 20,
         "adopting the cluster kept the checkpoint: no duplicates"
     );
 }
