@@ -68,7 +68,8 @@ pub struct RunArgs {
 
     /// Batches sent and awaiting acks at once; the next is read and produced
     /// while older ones wait. 1 = one batch at a time. Crash duplicates are
-    /// bounded by this times the batch size.
+    /// bounded by twice this times the batch size (the checkpoint is written
+    /// once per this many settled batches).
     #[arg(long, env = "RELAY_MAX_IN_FLIGHT_BATCHES", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=16))]
     pub max_in_flight_batches: u32,

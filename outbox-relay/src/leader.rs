@@ -1,8 +1,8 @@
 //! One active relay per name: a Postgres session advisory lock held on a
-//! dedicated connection. The same connection reads the events and writes the
-//! checkpoint, so a relay whose lock connection is gone can do neither; and
-//! [`LeaderLock::lost`] notices a dead connection while the relay waits or
-//! publishes, so it stops at once.
+//! dedicated connection. The same connection writes the checkpoint, so a relay
+//! whose lock connection is gone cannot move it; and [`LeaderLock::lost`]
+//! notices a dead connection while the relay waits or publishes, so it stops
+//! at once. (Batches are read on other connections: reading needs no lock.)
 
 use std::time::Duration;
 
@@ -51,6 +51,13 @@ impl LeaderLock {
                 .await
                 .map_err(LockError::Query)?;
         if acquired {
+            // A checkpoint write need not wait for its WAL flush: one lost to a
+            // Postgres crash only means re-publishing those batches (consumers
+            // dedupe), never skipping; the events it covers are already durable.
+            sqlx::query("set synchronous_commit = off")
+                .execute(&mut conn)
+                .await
+                .map_err(LockError::Query)?;
             Ok(Some(Self {
                 conn,
                 check_interval,
@@ -62,7 +69,7 @@ impl LeaderLock {
         }
     }
 
-    /// The lock-holding connection: use it for every read and checkpoint write.
+    /// The lock-holding connection: use it for every checkpoint read and write.
     pub fn conn(&mut self) -> &mut PgConnection {
         &mut self.conn
     }

@@ -4,7 +4,9 @@
 //! a reader that only compares positions skips an event whose transaction
 //! commits after a later one; this one waits for it instead.
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::checkpoint::Checkpoint;
 use crate::event::OutboxEvent;
@@ -12,14 +14,16 @@ use crate::event::OutboxEvent;
 /// The batch read. The ORDER BY names the table's columns: a bare `txid` would
 /// mean the `txid::text::bigint` output column, which no index serves, so
 /// every read would sort the whole backlog (a quadratic drain).
-pub const READ_BATCH_SQL: &str =
-    "select position, txid::text::bigint as txid, event_id, aggregate_type, aggregate_id,
-        aggregate_version, event_type, payload, headers, occurred_at
+pub const READ_BATCH_SQL: &str = concat!(
+    "select ",
+    crate::outbox_event_columns!(),
+    "
  from event_log
  where txid < pg_snapshot_xmin(pg_current_snapshot())
    and (txid, position) > ($1::bigint::text::xid8, $2)
  order by event_log.txid, event_log.position
- limit $3";
+ limit $3"
+);
 
 /// The next events after `after`, at most `limit`, in publishing order.
 #[tracing::instrument(skip_all, fields(after = %after, limit))]
@@ -34,6 +38,134 @@ pub async fn read_batch(
         .bind(i64::from(limit))
         .fetch_all(conn)
         .await
+}
+
+/// How many batches the reader may hold ahead of the one the relay asked for.
+const READ_AHEAD_BATCHES: usize = 2;
+
+/// The leader's batch reader, on pooled connections (not the lock's). After a
+/// full batch it keeps reading in the background, up to
+/// [`READ_AHEAD_BATCHES`] ahead, so reading overlaps producing, awaiting acks
+/// and writing the checkpoint instead of adding to them.
+pub struct Reader {
+    pool: PgPool,
+    batch_size: u32,
+    ahead: Option<Ahead>,
+}
+
+/// A background chain of reads: each starts where the previous one ended, and
+/// the chain stops after a batch that was not full (caught up) or an error.
+struct Ahead {
+    /// Where the next batch it delivers starts.
+    from: Checkpoint,
+    batches: mpsc::Receiver<Result<Vec<OutboxEvent>, sqlx::Error>>,
+    task: JoinHandle<()>,
+}
+
+impl Reader {
+    pub fn new(pool: PgPool, batch_size: u32) -> Self {
+        Self {
+            pool,
+            batch_size,
+            ahead: None,
+        }
+    }
+
+    /// The next batch after `after`: from the reads ahead if they are at that
+    /// point, else a new read. An earlier read is as good as a new one: what it
+    /// returned lies below its horizon, where the log was already final, so it
+    /// is a prefix of any later read from the same point. (And if it came back
+    /// short, a commit since has left a wake-up permit.)
+    pub async fn next(&mut self, after: Checkpoint) -> Result<Vec<OutboxEvent>, sqlx::Error> {
+        let batch = match self.take_ahead(after).await {
+            Some(batch) => batch?,
+            None => read_with(&self.pool, after, self.batch_size).await?,
+        };
+        match batch.last() {
+            Some(last) if self.ahead.is_none() && batch.len() == self.batch_size as usize => {
+                self.start_ahead(last.checkpoint());
+            }
+            Some(last) => {
+                if let Some(ahead) = &mut self.ahead {
+                    ahead.from = last.checkpoint();
+                }
+            }
+            None => {}
+        }
+        Ok(batch)
+    }
+
+    /// The reads ahead's next batch if they are at `after` and have one.
+    async fn take_ahead(
+        &mut self,
+        after: Checkpoint,
+    ) -> Option<Result<Vec<OutboxEvent>, sqlx::Error>> {
+        let ahead = self.ahead.as_mut()?;
+        let next = if ahead.from == after {
+            ahead.batches.recv().await
+        } else {
+            None
+        };
+        if next.is_none() {
+            // Elsewhere (the window was dropped) or finished: start over.
+            self.forget();
+        }
+        next
+    }
+
+    fn start_ahead(&mut self, from: Checkpoint) {
+        let (tx, batches) = mpsc::channel(READ_AHEAD_BATCHES);
+        let (pool, limit) = (self.pool.clone(), self.batch_size);
+        let task = tokio::spawn(async move {
+            let mut after = from;
+            loop {
+                let read = read_with(&pool, after, limit).await;
+                let more = match &read {
+                    Ok(batch) if batch.len() == limit as usize => {
+                        batch.last().map(OutboxEvent::checkpoint)
+                    }
+                    _ => None,
+                };
+                if tx.send(read).await.is_err() {
+                    return;
+                }
+                match more {
+                    Some(end) => after = end,
+                    None => return,
+                }
+            }
+        });
+        self.ahead = Some(Ahead {
+            from,
+            batches,
+            task,
+        });
+    }
+
+    /// Drops the reads ahead (the window was dropped: reading restarts at the checkpoint).
+    pub fn forget(&mut self) {
+        if let Some(ahead) = self.ahead.take() {
+            ahead.task.abort();
+        }
+    }
+
+    pub async fn any_held_back(&self, after: Checkpoint) -> Result<bool, sqlx::Error> {
+        any_held_back(&mut *self.pool.acquire().await?, after).await
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.forget();
+    }
+}
+
+async fn read_with(
+    pool: &PgPool,
+    after: Checkpoint,
+    limit: u32,
+) -> Result<Vec<OutboxEvent>, sqlx::Error> {
+    read_batch(&mut *pool.acquire().await?, after, limit).await
 }
 
 /// Whether committed events after `after` exist that the horizon holds back.

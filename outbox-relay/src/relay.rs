@@ -1,26 +1,29 @@
 //! The relay loop: wait as a standby until the leader lock is ours, then read
 //! batches after the checkpoint and produce each whole, keeping up to
 //! `RELAY_MAX_IN_FLIGHT_BATCHES` awaiting acks ([`InFlight`]), and advance the
-//! checkpoint, in order, only past batches whose every event is acknowledged. A
-//! failure drops the window and is retried from the checkpoint after an
-//! exponential, jittered backoff, forever.
+//! checkpoint, in order, only past batches whose every event is acknowledged.
+//! The next batch is read ([`Reader`]) while older ones settle. A failure drops
+//! the window and is retried from the checkpoint after an exponential, jittered
+//! backoff, forever.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::RetryDelay;
-use crate::checkpoint::{self, CheckpointError, StoredCheckpoint};
+use crate::checkpoint::{self, Checkpoint, CheckpointError, StoredCheckpoint};
 use crate::config::RunArgs;
+use crate::event::OutboxEvent;
 use crate::health::{Health, RelayState};
 use crate::in_flight::InFlight;
 use crate::leader::LeaderLock;
 use crate::metrics::RelayMetrics;
 use crate::publisher::{PublishError, Publisher};
-use crate::reader;
+use crate::reader::Reader;
 use crate::restore::{self, ClusterState};
 
 /// How soon to read again while committed events wait behind the horizon.
@@ -31,12 +34,16 @@ const HELD_BACK_RECHECK: Duration = Duration::from_millis(20);
 pub enum RelayError {
     #[error("lost the leader lock connection: {0}")]
     LockLost(#[source] sqlx::Error),
+    #[error("cannot read the event log: {0}")]
+    Read(#[source] sqlx::Error),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
 }
 
 pub struct Relay {
     args: RunArgs,
+    /// For reading batches; the lock connection only guards and checkpoints.
+    pool: PgPool,
     publisher: Publisher,
     metrics: Arc<RelayMetrics>,
     health: Health,
@@ -49,6 +56,46 @@ struct Progress {
     first_batch: bool,
 }
 
+/// The checkpoint as stored, and acknowledged progress not written yet. While
+/// batches settle back to back, the checkpoint is written once per window's
+/// worth of batches (and whenever the window empties), not once per batch: a
+/// write costs a round trip. A crash then re-publishes at most two windows.
+struct Checkpoints {
+    stored: Option<StoredCheckpoint>,
+    pending: Option<StoredCheckpoint>,
+    /// Batches acknowledged since the last write.
+    unwritten: u32,
+}
+
+impl Checkpoints {
+    fn new(stored: Option<StoredCheckpoint>) -> Self {
+        Self {
+            stored,
+            pending: None,
+            unwritten: 0,
+        }
+    }
+
+    /// Everything at or below it is acknowledged by Kafka.
+    fn acked(&self) -> Checkpoint {
+        self.pending
+            .or(self.stored)
+            .map(|s| s.checkpoint)
+            .unwrap_or_default()
+    }
+
+    /// Writes the pending progress (compare-and-set against what was stored).
+    async fn flush(&mut self, lock: &mut LeaderLock, name: &str) -> Result<(), CheckpointError> {
+        if let Some(new) = self.pending {
+            checkpoint::advance(lock.conn(), name, self.stored, new).await?;
+            self.stored = Some(new);
+            self.pending = None;
+            self.unwritten = 0;
+        }
+        Ok(())
+    }
+}
+
 /// How a wait between reads ended.
 enum Waited {
     Ready,
@@ -58,6 +105,7 @@ enum Waited {
 impl Relay {
     pub fn new(
         args: RunArgs,
+        pool: PgPool,
         publisher: Publisher,
         metrics: Arc<RelayMetrics>,
         health: Health,
@@ -65,6 +113,7 @@ impl Relay {
     ) -> Self {
         Self {
             args,
+            pool,
             publisher,
             metrics,
             health,
@@ -137,26 +186,30 @@ impl Relay {
         let Some(mut cluster) = self.guard_restore(lock, &mut stored, shutdown).await? else {
             return Ok(());
         };
+        let mut checkpoints = Checkpoints::new(stored);
         let mut last_check = Instant::now();
         let mut progress = Progress {
             retry: RetryDelay::new(&self.args.publish),
             first_batch: true,
         };
         let mut window = InFlight::new(self.args.max_in_flight_batches as usize);
+        let mut reader = Reader::new(self.pool.clone(), self.args.publish.batch_size);
         loop {
             if shutdown.is_cancelled() {
                 return self
-                    .finish_window(lock, &mut window, &mut stored, &cluster, &mut progress)
+                    .finish_window(lock, &mut window, &mut checkpoints, &cluster, &mut progress)
                     .await;
             }
             let check_due = last_check.elapsed() >= self.args.poll_interval;
             if check_due && window.is_empty() {
                 // The checkpoint may have been reset by an operator meanwhile.
-                stored = checkpoint::load(lock.conn(), &name).await.map_err(lost)?;
+                // (An empty window has nothing pending: it was flushed.)
+                let mut stored = checkpoint::load(lock.conn(), &name).await.map_err(lost)?;
                 match self.guard_restore(lock, &mut stored, shutdown).await? {
                     Some(state) => cluster = state,
                     None => return Ok(()),
                 }
+                checkpoints = Checkpoints::new(stored);
                 last_check = Instant::now();
                 continue;
             }
@@ -167,14 +220,11 @@ impl Relay {
             let settle_first =
                 check_due || window.is_full() || (!window.is_empty() && self.publisher.is_stale());
             let outcome = if settle_first {
-                self.settle_oldest(lock, &mut window, &mut stored, &cluster, &mut progress)
+                self.settle_oldest(lock, &mut window, &mut checkpoints, &cluster, &mut progress)
                     .await?
             } else {
-                let committed = stored.map(|s| s.checkpoint).unwrap_or_default();
-                let after = window.read_ahead(committed);
-                let batch = reader::read_batch(lock.conn(), after, self.args.publish.batch_size)
-                    .await
-                    .map_err(lost)?;
+                let after = window.read_ahead(checkpoints.acked());
+                let batch = reader.next(after).await.map_err(RelayError::Read)?;
                 if !batch.is_empty() {
                     // Enqueue only: its acks are awaited once it is the oldest.
                     self.publisher
@@ -183,12 +233,13 @@ impl Relay {
                         .map(|sent| window.push(batch, sent))
                 } else if !window.is_empty() {
                     // Caught up: nothing more to read until older batches settle.
-                    self.settle_oldest(lock, &mut window, &mut stored, &cluster, &mut progress)
+                    self.settle_oldest(lock, &mut window, &mut checkpoints, &cluster, &mut progress)
                         .await?
                 } else {
-                    let held_back = reader::any_held_back(lock.conn(), after)
+                    let held_back = reader
+                        .any_held_back(after)
                         .await
-                        .map_err(lost)?;
+                        .map_err(RelayError::Read)?;
                     let timeout = if held_back {
                         HELD_BACK_RECHECK.min(self.args.poll_interval)
                     } else {
@@ -204,11 +255,13 @@ impl Relay {
                 // The producer is discarded (everything in flight purged): drop
                 // the window and read again from the checkpoint.
                 window.clear();
+                reader.forget();
+                checkpoints.flush(lock, &name).await?;
                 let delay = progress.retry.after_failure();
                 self.metrics.retries.inc();
                 self.metrics.backoff_seconds.set(delay.as_secs_f64());
                 self.health.set(RelayState::BackingOff);
-                let from = stored.map(|s| s.checkpoint).unwrap_or_default();
+                let from = checkpoints.acked();
                 tracing::warn!(error = %err, retry_in = ?delay, %from,
                     "batch not acknowledged; retrying from the checkpoint");
                 if let Waited::Shutdown = self.wait(lock, delay, false, shutdown).await? {
@@ -224,20 +277,20 @@ impl Relay {
         &mut self,
         lock: &mut LeaderLock,
         window: &mut InFlight,
-        stored: &mut Option<StoredCheckpoint>,
+        checkpoints: &mut Checkpoints,
         cluster: &ClusterState,
         progress: &mut Progress,
     ) -> Result<(), RelayError> {
         while !window.is_empty() {
             let outcome = self
-                .settle_oldest(lock, window, stored, cluster, progress)
+                .settle_oldest(lock, window, checkpoints, cluster, progress)
                 .await?;
             if let Err(err) = outcome {
                 tracing::warn!(error = %err, "batch in flight at shutdown not acknowledged");
                 break;
             }
         }
-        Ok(())
+        Ok(checkpoints.flush(lock, &self.args.relay_name).await?)
     }
 
     /// Awaits the acks of the oldest batch in flight and, once all arrived,
@@ -248,7 +301,7 @@ impl Relay {
         &mut self,
         lock: &mut LeaderLock,
         window: &mut InFlight,
-        stored: &mut Option<StoredCheckpoint>,
+        checkpoints: &mut Checkpoints,
         cluster: &ClusterState,
         progress: &mut Progress,
     ) -> Result<Result<(), PublishError>, RelayError> {
@@ -271,8 +324,11 @@ impl Relay {
             checkpoint: end,
             system_identifier: Some(cluster.system_identifier),
         };
-        checkpoint::advance(lock.conn(), &self.args.relay_name, *stored, new).await?;
-        *stored = Some(new);
+        checkpoints.pending = Some(new);
+        checkpoints.unwritten += 1;
+        if window.is_empty() || checkpoints.unwritten >= self.args.max_in_flight_batches {
+            checkpoints.flush(lock, &self.args.relay_name).await?;
+        }
         self.record_success(&batch.events, latency);
         if std::mem::take(&mut progress.first_batch) {
             tracing::info!(
@@ -356,7 +412,7 @@ impl Relay {
         }
     }
 
-    fn record_success(&self, batch: &[crate::event::OutboxEvent], latency: Duration) {
+    fn record_success(&self, batch: &[OutboxEvent], latency: Duration) {
         let now = Utc::now();
         self.metrics.events_published.inc_by(batch.len() as u64);
         self.metrics.batches.inc();

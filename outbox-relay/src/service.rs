@@ -41,9 +41,9 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    // Two connections: the stats sampler's, and one spare.
+    // The leader's batch reads (one ahead), the stats sampler, one spare.
     let pool = PgPoolOptions::new()
-        .max_connections(2)
+        .max_connections(3)
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy(&args.database_url)
         .context("invalid DATABASE_URL")?;
@@ -74,7 +74,7 @@ pub async fn run(
             rebuilds.inc();
         }),
     );
-    let relay = Relay::new(args, publisher, metrics, health, wakeup);
+    let relay = Relay::new(args, pool.clone(), publisher, metrics, health, wakeup);
     relay.run(shutdown.clone()).await;
 
     shutdown.cancel();

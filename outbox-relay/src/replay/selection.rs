@@ -194,12 +194,12 @@ pub async fn read_batch(
     limit: u32,
 ) -> Result<Vec<OutboxEvent>, sqlx::Error> {
     let sql = format!(
-        "select position, txid::text::bigint as txid, event_id, aggregate_type, aggregate_id,
-                aggregate_version, event_type, payload, headers, occurred_at
+        "select {}
          from event_log
          where {FILTER} and (txid, position) > ($8::bigint::text::xid8, $9)
          order by event_log.txid, event_log.position  -- the table's columns: see reader::READ_BATCH_SQL
-         limit $10"
+         limit $10",
+        crate::outbox_event_columns!()
     );
     bind_filter!(sqlx::query_as(&sql), horizon, selection)
         .bind(after.txid)

@@ -62,7 +62,7 @@ async fn sigterm_mid_drain_flushes_the_batch_and_checkpoints_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_sigkill_while_draining_loses_nothing() {
     const KILLS: usize = 5;
-    // 4 × 50 in flight: the same duplicates bound per kill as one batch of 200.
+    // 4 × 50 in flight: small batches, so that a kill lands mid-drain.
     const BATCH: usize = 50;
     const WINDOW: usize = 4;
     let db = TestDb::new().await;
@@ -102,9 +102,11 @@ async fn repeated_sigkill_while_draining_loses_nothing() {
         .read_every_committed_event(&db.pool, Duration::from_secs(120))
         .await;
     assert_eq!(committed, 25_000);
+    // Per kill: the window in flight, plus at most a window's worth acked but
+    // not yet checkpointed (the relay writes the checkpoint once per window).
     let duplicates = records.len() - committed;
     assert!(
-        duplicates <= kills * WINDOW * BATCH,
+        duplicates <= kills * 2 * WINDOW * BATCH,
         "{duplicates} duplicates after {kills} kills"
     );
 }
