@@ -1,6 +1,7 @@
 //! Reads. A list page costs a fixed number of round trips whatever its size:
-//! one SQL query for the page and its total, one `WHERE id = ANY($1)` for the
-//! creators, and one Redis pipeline for the viewer counts.
+//! one SQL query for the page and its total, then, concurrently, one
+//! `WHERE id = ANY($1)` for the creators and one Redis pipeline for the viewer
+//! counts.
 
 use std::collections::HashMap;
 
@@ -106,14 +107,14 @@ pub async fn list_live(
     let mut creator_ids: Vec<Uuid> = streams.iter().map(|s| s.creator_id).collect();
     creator_ids.sort_unstable();
     creator_ids.dedup();
-    let creators: HashMap<Uuid, User> = UserRepo::find_many(pool, &creator_ids)
-        .await?
-        .into_iter()
-        .map(|u| (u.id, u))
-        .collect();
-
     let stream_ids: Vec<Uuid> = streams.iter().map(|s| s.id).collect();
-    let counts = presence.counts(&stream_ids).await;
+    // Independent lookups, awaited together: the page costs one round trip of
+    // latency after its query, not two.
+    let (creators, counts) = tokio::join!(
+        UserRepo::find_many(pool, &creator_ids),
+        presence.counts(&stream_ids)
+    );
+    let creators: HashMap<Uuid, User> = creators?.into_iter().map(|u| (u.id, u)).collect();
     let viewer_counts_available = counts.is_some();
 
     let items = streams
@@ -149,14 +150,18 @@ pub async fn stream_detail(
     let Some(stream) = get_stream(pool, id).await? else {
         return Ok(None);
     };
-    let creator = UserRepo::find_many(pool, &[stream.creator_id])
-        .await?
+    let (ids, creator_ids) = ([stream.id], [stream.creator_id]);
+    let viewers = async {
+        match stream.status {
+            StreamStatus::Live => presence.counts(&ids).await.map(|c| c[0]),
+            StreamStatus::Ended => Some(0),
+        }
+    };
+    let (creators, current_viewers) =
+        tokio::join!(UserRepo::find_many(pool, &creator_ids), viewers);
+    let creator = creators?
         .pop()
         .unwrap_or_else(|| placeholder_creator(stream.creator_id));
-    let current_viewers = match stream.status {
-        StreamStatus::Live => presence.counts(&[stream.id]).await.map(|c| c[0]),
-        StreamStatus::Ended => Some(0),
-    };
     Ok(Some(LiveItem {
         stream,
         creator,
