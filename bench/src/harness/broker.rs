@@ -77,7 +77,8 @@ impl Broker {
         self.child.id()
     }
 
-    async fn create_topic(&self, name: &str) -> anyhow::Result<()> {
+    /// Creates a topic of [`PARTITIONS`] partitions.
+    pub async fn create_topic(&self, name: &str) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap())
             .create()?;

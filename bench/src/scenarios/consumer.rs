@@ -18,7 +18,7 @@ use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use uuid::Uuid;
 
-use crate::harness::{PARTITIONS, TOPIC};
+use crate::harness::PARTITIONS;
 
 type Key = (Uuid, i64);
 
@@ -43,7 +43,8 @@ pub struct Arrivals {
 pub const FETCH_WAIT_MS: &str = "1";
 
 impl Arrivals {
-    pub fn start(brokers: &str) -> anyhow::Result<Self> {
+    /// Follows `topic` from its beginning.
+    pub fn start(brokers: &str, topic: &str) -> anyhow::Result<Self> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", format!("bench-{}", Uuid::now_v7()))
@@ -53,7 +54,7 @@ impl Arrivals {
             .create()?;
         let mut assignment = TopicPartitionList::new();
         for partition in 0..PARTITIONS {
-            assignment.add_partition_offset(TOPIC, partition, Offset::Beginning)?;
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
         }
         consumer.assign(&assignment)?;
         let seen = Arc::new(Mutex::new(HashMap::new()));

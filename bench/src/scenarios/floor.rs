@@ -11,8 +11,6 @@ use uuid::Uuid;
 
 use outbox_relay::publisher::PRODUCER_DEFAULTS;
 
-use crate::harness::TOPIC;
-
 use super::consumer::Arrivals;
 
 /// Send-to-arrival and send-to-ack times of each record.
@@ -21,9 +19,11 @@ pub struct Floor {
     pub ack: Vec<Duration>,
 }
 
-/// Produces `rate` records/s for `duration`, one at a time on a fixed schedule.
+/// Produces `rate` records/s for `duration` to `topic`, one at a time on a
+/// fixed schedule, after one record that warms up the producer and `arrivals`.
 pub async fn producer_to_consumer(
     brokers: &str,
+    topic: &str,
     arrivals: &Arrivals,
     rate: f64,
     duration: Duration,
@@ -38,12 +38,13 @@ pub async fn producer_to_consumer(
     let send = |key: String| {
         let producer = producer.clone();
         let payload = payload.clone();
+        let topic = topic.to_owned();
         async move {
             let headers = OwnedHeaders::new().insert(Header {
                 key: "aggregate_version",
                 value: Some("1"),
             });
-            let record = FutureRecord::to(TOPIC)
+            let record = FutureRecord::to(&topic)
                 .key(&key)
                 .payload(&payload)
                 .headers(headers);
@@ -51,8 +52,12 @@ pub async fn producer_to_consumer(
             (acked.is_ok(), Instant::now())
         }
     };
-    // Warm-up: connection, metadata, producer id.
-    let _ = send(Uuid::now_v7().to_string()).await;
+    // Warm-up: connection, metadata, producer id, and the consumer's first fetch.
+    let warm = Uuid::now_v7();
+    let _ = send(warm.to_string()).await;
+    arrivals
+        .wait_for(&[(warm, 1)], Duration::from_secs(10))
+        .await;
 
     let interval = Duration::from_secs_f64(1.0 / rate);
     let ticks = (duration.as_secs_f64() * rate).round() as u32;

@@ -54,11 +54,12 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
 async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
     let plan = ctx.plan.clone();
     let broker = Broker::start("latency").await?;
+    let bootstrap = broker.bootstrap();
     let api = ApiProcess::spawn(&db.url, &ctx.jwt_secret, "latency").await?;
-    let arrivals = Arrivals::start(&broker.bootstrap())?;
     let client = CommandClient::new(&format!("http://{}", api.addr), 256);
     let ids = db.users(2_000, "latency").await?;
     let mut creators = Creator::many(&ids, &ctx.jwt_secret);
+    let secs = Plan::secs(plan.latency_secs);
 
     let mut results = Results::new();
     let mut floors: HashMap<usize, Vec<Latency>> = HashMap::new();
@@ -66,9 +67,9 @@ async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
     let mut missing = 0usize;
     for rep in 0..plan.latency_reps {
         for (i, &rate) in plan.latency_rates.iter().enumerate() {
-            let secs = Plan::secs((plan.latency_secs / 2.0).min(5.0));
+            let (topic, arrivals) = fresh_topic(&broker, format!("floor-{rep}-{i}")).await?;
             let mut floor =
-                super::floor::producer_to_consumer(&broker.bootstrap(), &arrivals, rate, secs)
+                super::floor::producer_to_consumer(&bootstrap, &topic, &arrivals, rate, secs)
                     .await?;
             if let Some(summary) = Latency::of(&mut floor.arrival) {
                 floors.entry(i).or_default().push(summary);
@@ -82,14 +83,16 @@ async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
             order.reverse();
         }
         for wakeup in order {
-            let relay =
-                RelayProcess::spawn(&db.url, &broker.bootstrap(), "latency", &wakeup.env()).await?;
-            // Warm-up: the relay's first batch waits for a new producer.
-            let warm = open_loop(&client, &mut creators, 50.0, Duration::from_secs(1)).await;
-            collect(&arrivals, &warm, Duration::from_secs(15)).await;
             for (i, &rate) in plan.latency_rates.iter().enumerate() {
-                let mut run =
-                    open_loop(&client, &mut creators, rate, Plan::secs(plan.latency_secs)).await;
+                let (topic, arrivals) =
+                    fresh_topic(&broker, format!("relay-{rep}-{wakeup:?}-{i}")).await?;
+                let mut env = wakeup.env();
+                env.push(("RELAY_TOPIC", &topic));
+                let relay = RelayProcess::spawn(&db.url, &bootstrap, "latency", &env).await?;
+                // Warm-up: the relay's first batch waits for a new producer.
+                let warm = open_loop(&client, &mut creators, 50.0, Duration::from_secs(1)).await;
+                collect(&arrivals, &warm, Duration::from_secs(15)).await;
+                let mut run = open_loop(&client, &mut creators, rate, secs).await;
                 let (mut lower, mut upper, lost) =
                     collect(&arrivals, &run, Duration::from_secs(15)).await;
                 missing += lost + run.errors as usize;
@@ -116,12 +119,15 @@ async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
                     .entry((wakeup, i))
                     .or_default()
                     .push(Run { lower, upper, http });
+                if let Some(peak) = relay.peak_rss_mb() {
+                    let label = format!(
+                        "scenario 3 (relay, {wakeup:?}, {} commands/s)",
+                        thousands(rate)
+                    );
+                    ctx.memory.relay.push((label, peak));
+                }
+                relay.stop().await;
             }
-            if let Some(peak) = relay.peak_rss_mb() {
-                let label = format!("scenario 3 (relay, {wakeup:?}, up to 1,000 commands/s)");
-                ctx.memory.relay.push((label, peak));
-            }
-            relay.stop().await;
         }
     }
     if let Some(peak) = api.peak_rss_mb() {
@@ -129,7 +135,6 @@ async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
             .api
             .push(("scenario 3 (API at up to 1,000 commands/s)".into(), peak));
     }
-    drop(arrivals);
     api.stop().await;
 
     for (i, rate) in plan.latency_rates.iter().enumerate() {
@@ -186,8 +191,8 @@ async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
         }
     }
     ctx.report.note(format!(
-        "Scenario 3: open-loop load for {} s per rate, {} rep(s), relay restarted per wake-up mode \
-         (LISTEN first on odd reps). Latency = consumer receipt − HTTP response: a lower bound, short \
+        "Scenario 3: open-loop load for {} s per rate, {} rep(s), each leg (floor, LISTEN and \
+         poll-only relay, per rate) on a new topic with a new relay process (LISTEN first on odd reps). Latency = consumer receipt − HTTP response: a lower bound, short \
          of the commit by the response's write when the API keeps up; the upper bound counts from the \
          event's `ce_time`, taken before the transaction, so it includes the transaction (and any \
          wait for the NOTIFY lock). Consumer: \
@@ -198,6 +203,16 @@ async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
         plan.latency_secs, plan.latency_reps,
     ));
     Ok(())
+}
+
+/// A new topic for one leg, and a consumer following it. Every leg starts on an
+/// empty topic: Tansu's in-memory storage lists every record batch of a
+/// partition on each fetch that returns data, so its fetch slows down as a
+/// topic grows (docs/tansu.md), which would make later legs pay for earlier ones.
+async fn fresh_topic(broker: &Broker, name: String) -> anyhow::Result<(String, Arrivals)> {
+    broker.create_topic(&name).await?;
+    let arrivals = Arrivals::start(&broker.bootstrap(), &name)?;
+    Ok((name, arrivals))
 }
 
 /// Median p50 and p99 over repetitions, and the overall max, in ms.
