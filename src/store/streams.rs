@@ -1,3 +1,5 @@
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -9,6 +11,18 @@ pub const ONE_LIVE_PER_CREATOR: &str = "live_streams_one_live_per_creator";
 
 const COLUMNS: &str =
     "id, creator_id, title, category, thumbnail_url, status, started_at, ended_at, version";
+
+/// The end's update, by primary key alone: the caller holds the row lock and has
+/// seen the stream live. With `and status = 'live'` added, Postgres matched the
+/// partial indexes of live streams and scanned one whole (`id` is its last
+/// column) for every end, dead entries included, so ends slowed down as streams
+/// churned (`tests/api/query_plans.rs`).
+pub static MARK_ENDED_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "update live_streams set status = 'ended', ended_at = $2, version = version + 1 \
+         where id = $1 returning {COLUMNS}"
+    )
+});
 
 /// The `live_streams` table.
 ///
@@ -60,14 +74,11 @@ impl StreamRepo {
         id: Uuid,
         ended_at: DateTime<Utc>,
     ) -> sqlx::Result<LiveStream> {
-        sqlx::query_as(&format!(
-            "update live_streams set status = 'ended', ended_at = $2, version = version + 1 \
-             where id = $1 and status = 'live' returning {COLUMNS}"
-        ))
-        .bind(id)
-        .bind(ended_at)
-        .fetch_one(conn)
-        .await
+        sqlx::query_as(&MARK_ENDED_SQL)
+            .bind(id)
+            .bind(ended_at)
+            .fetch_one(conn)
+            .await
     }
 
     pub async fn find(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<LiveStream>> {

@@ -9,6 +9,7 @@ mod helpers;
 mod list;
 mod ops;
 mod projection;
+mod query_plans;
 mod requests;
 mod streams;
 mod viewers;
