@@ -12,6 +12,8 @@ pub struct Machine {
     pub memory_gib: f64,
     pub kernel: String,
     pub postgres: String,
+    /// Settings that change what the command path costs over a run.
+    pub postgres_settings: String,
     pub redis: String,
     pub tansu: String,
     pub librdkafka: String,
@@ -47,6 +49,15 @@ impl Machine {
             .await
             .map(|v: String| v.split(" on ").next().unwrap_or(&v).to_owned())
             .unwrap_or_else(|_| "unknown".into());
+        // With autovacuum off (as on these machines) dead tuples pile up over a
+        // run: worth knowing when a figure drifts from one repetition to the next.
+        let postgres_settings: String = sqlx::query_scalar(
+            "select string_agg(name || '=' || setting, ', ' order by name) from pg_settings \
+             where name in ('autovacuum', 'synchronous_commit', 'shared_buffers', 'max_connections')",
+        )
+        .fetch_one(admin)
+        .await
+        .unwrap_or_else(|_| "unknown".into());
         let redis = redis_version(redis_url)
             .await
             .unwrap_or_else(|| "unknown".into());
@@ -66,6 +77,7 @@ impl Machine {
             memory_gib: memory_kib / 1024.0 / 1024.0,
             kernel: command_output("uname", &["-r"]),
             postgres,
+            postgres_settings,
             redis,
             tansu: command_output(tansu, &["--version"]),
             librdkafka: rdkafka::util::get_rdkafka_version().1,
@@ -78,6 +90,7 @@ impl Machine {
         format!(
             "- Machine: {} cores ({}), {:.1} GiB memory, Linux {}; shared with other work, so only the ratios decide.\n\
              - Versions: {}, Redis {}, {}, librdkafka {}, {}.\n\
+             - Postgres settings: {}.\n\
              - Commit: {}.\n",
             self.cores,
             self.cpu,
@@ -88,6 +101,7 @@ impl Machine {
             self.tansu,
             self.librdkafka,
             self.rustc,
+            self.postgres_settings,
             self.commit
         )
     }

@@ -94,7 +94,7 @@ fn script(notify: bool) -> String {
         format!("select {COLUMNS} from live_streams where id = :s_id for update;"),
         format!(
             "update live_streams set status = 'ended', ended_at = now(), version = version + 1 \
-             where id = :s_id and status = 'live' returning {COLUMNS};"
+             where id = :s_id returning {COLUMNS};"
         ),
         append(StreamEventType::Ended, 2, notify),
         "COMMIT;".to_owned(),
