@@ -1,4 +1,4 @@
-//! The Kafka side: an idempotent producer (acks=all, lz4, small linger) that
+//! The Kafka side: an idempotent producer (acks=all, lz4, no linger) that
 //! takes a whole batch, then awaits every acknowledgement under one deadline.
 //!
 //! After any failed attempt the producer is thrown away and a new one is built
@@ -24,7 +24,10 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("enable.idempotence", "true"),
     ("acks", "all"),
     ("compression.type", "lz4"),
-    ("linger.ms", "2"),
+    // The relay hands over whole batches, so waiting for more records would
+    // only delay a lone event: 2 ms of linger were 2 ms of commit-to-consumer
+    // latency, with no drain throughput gained (docs/relay.md).
+    ("linger.ms", "0"),
     // The relay enforces its own, shorter deadline per attempt; this only
     // bounds how long librdkafka keeps a message if the relay doesn't.
     ("message.timeout.ms", "30000"),

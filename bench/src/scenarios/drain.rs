@@ -88,7 +88,7 @@ async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
     );
     ctx.report.note(format!(
         "Scenario 2: {events} events{quick}, mean value {} B plus CloudEvents headers and a traceparent; \
-         {} reps, order alternating; relay defaults (batch 500, delivery timeout 100 ms, linger 2 ms, lz4, \
+         {} reps, order alternating; relay defaults (batch 500, delivery timeout 100 ms, linger 0, lz4, \
          acks=all, idempotent), fresh relay name per rep; {retries} relay retries in total. \
          Per-rep ratios: {}. Topic with 3 partitions, Tansu in memory.",
         bytes / records.len().max(1),
