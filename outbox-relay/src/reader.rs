@@ -168,6 +168,16 @@ async fn read_with(
     read_batch(&mut *pool.acquire().await?, after, limit).await
 }
 
+/// The held-back probe: is there any event after the checkpoint, readable or
+/// not. A first-row lookup in index order, not `exists (…)`: Postgres drops the
+/// ORDER BY and LIMIT inside an EXISTS, and the generic plan it settles on after
+/// a few executions then scans the whole table (146 ms on 200,000 rows, every
+/// time the relay caught up) instead of one index probe.
+pub const HELD_BACK_SQL: &str = "select true from event_log
+ where (txid, position) > ($1::bigint::text::xid8, $2)
+ order by event_log.txid, event_log.position
+ limit 1";
+
 /// Whether committed events after `after` exist that the horizon holds back.
 /// Their release comes with no notification (the transaction holding the horizon
 /// may write no event), so the relay re-reads soon instead of at the next poll.
@@ -175,13 +185,12 @@ pub async fn any_held_back(
     conn: &mut PgConnection,
     after: Checkpoint,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "select exists (select 1 from event_log where (txid, position) > ($1::bigint::text::xid8, $2))",
-    )
-    .bind(after.txid)
-    .bind(after.position)
-    .fetch_one(conn)
-    .await
+    let found: Option<bool> = sqlx::query_scalar(HELD_BACK_SQL)
+        .bind(after.txid)
+        .bind(after.position)
+        .fetch_optional(conn)
+        .await?;
+    Ok(found.is_some())
 }
 
 /// What is waiting to be published, for the metrics.

@@ -1,5 +1,6 @@
-//! SIGTERM flushes and checkpoints; SIGKILL loses nothing and costs at most one
-//! window of batches in flight (window × batch size) of duplicates per kill.
+//! SIGTERM flushes and checkpoints; SIGKILL loses nothing and costs at most the
+//! window in flight plus one window acknowledged but not yet checkpointed
+//! (2 × window × batch size) of duplicates per kill.
 
 use std::time::Duration;
 
