@@ -92,6 +92,8 @@ impl ViewerPresence {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, PresenceUnavailable> {
+        // One event per round trip, so tests can count them (like sqlx's per statement).
+        tracing::trace!(target: "nova_streaming::redis", commands = pipe.cmd_iter().count(), "redis round trip");
         let attempt = async {
             let mut conn = self.connection().await?;
             pipe.query_async(&mut conn)

@@ -251,22 +251,31 @@ impl TestApp {
     }
 }
 
-/// Counts the SQL statements sqlx runs inside `future` (each is one round trip):
-/// sqlx logs every statement as a `sqlx::query` event, and the counting layer
-/// attributes it to the enclosing probe span.
-pub async fn count_sql_round_trips<T>(future: impl std::future::Future<Output = T>) -> (T, u64) {
+/// Round trips made while a future ran, by store.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RoundTrips {
+    pub sql: u64,
+    /// Counted from the `nova_streaming::redis` event of each presence round trip.
+    pub redis: u64,
+}
+
+/// Runs `future` and counts its round trips: sqlx logs every statement (one
+/// round trip each) as a `sqlx::query` event, the presence store every pipeline
+/// as a `nova_streaming::redis` event, and the counting layer attributes them to
+/// the enclosing probe span.
+pub async fn count_round_trips<T>(future: impl std::future::Future<Output = T>) -> (T, RoundTrips) {
     use tracing::Instrument;
     static NEXT: AtomicU64 = AtomicU64::new(1);
     init_tracing();
     let probe = NEXT.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("sql_probe", probe);
     let output = future.instrument(span).await;
-    let count = probes().lock().unwrap().remove(&probe).unwrap_or(0);
-    (output, count)
+    let counts = probes().lock().unwrap().remove(&probe).unwrap_or_default();
+    (output, counts)
 }
 
-fn probes() -> &'static Mutex<HashMap<u64, u64>> {
-    static PROBES: OnceLock<Mutex<HashMap<u64, u64>>> = OnceLock::new();
+fn probes() -> &'static Mutex<HashMap<u64, RoundTrips>> {
+    static PROBES: OnceLock<Mutex<HashMap<u64, RoundTrips>>> = OnceLock::new();
     PROBES.get_or_init(Default::default)
 }
 
@@ -297,7 +306,8 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for SqlCounter {
     }
 
     fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
-        if event.metadata().target() != "sqlx::query" {
+        let target = event.metadata().target();
+        if target != "sqlx::query" && target != "nova_streaming::redis" {
             return;
         }
         let Some(scope) = ctx.event_scope(event) else {
@@ -305,7 +315,13 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for SqlCounter {
         };
         for span in scope {
             if let Some(Probe(probe)) = span.extensions().get::<Probe>() {
-                *probes().lock().unwrap().entry(*probe).or_default() += 1;
+                let mut probes = probes().lock().unwrap();
+                let counts = probes.entry(*probe).or_default();
+                if target == "sqlx::query" {
+                    counts.sql += 1;
+                } else {
+                    counts.redis += 1;
+                }
                 return;
             }
         }
@@ -318,6 +334,7 @@ pub fn init_tracing() {
         let counter = SqlCounter.with_filter(
             tracing_subscriber::filter::Targets::new()
                 .with_target("sqlx::query", tracing::Level::TRACE)
+                .with_target("nova_streaming::redis", tracing::Level::TRACE)
                 .with_target("tests", tracing::Level::TRACE)
                 .with_default(tracing::Level::INFO),
         );
@@ -334,7 +351,7 @@ pub fn init_tracing() {
 }
 
 impl TestApp {
-    /// GET through the router in this task, so `count_sql_round_trips` sees its queries.
+    /// GET through the router in this task, so `count_round_trips` sees its round trips.
     pub async fn oneshot_get(&self, path: &str) -> Reply {
         use tower::ServiceExt;
         let request = axum::http::Request::get(path)

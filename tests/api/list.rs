@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{count_sql_round_trips, TestApp, CLOSED_REDIS_URL};
+use crate::helpers::{count_round_trips, RoundTrips, TestApp, CLOSED_REDIS_URL};
 
 /// `n` live streams by `n` distinct creators (inserted directly: faster than HTTP).
 async fn seed_live_streams(app: &TestApp, n: usize, category: &str) -> Vec<Uuid> {
@@ -104,19 +104,27 @@ async fn filters_by_category_and_paginates(pool: PgPool) {
 }
 
 #[sqlx::test]
-async fn a_page_costs_two_sql_round_trips_whatever_its_size(pool: PgPool) {
+async fn a_page_costs_two_sql_and_one_redis_round_trip_whatever_its_size(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     seed_live_streams(&app, 100, "gaming").await;
 
     for limit in [1, 10, 100] {
         let (reply, round_trips) =
-            count_sql_round_trips(app.oneshot_get(&format!("/v1/streams?limit={limit}"))).await;
+            count_round_trips(app.oneshot_get(&format!("/v1/streams?limit={limit}"))).await;
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.body["items"].as_array().unwrap().len(), limit);
-        assert_eq!(round_trips, 2, "page of {limit}: page+total, then creators");
+        assert_eq!(
+            round_trips,
+            RoundTrips { sql: 2, redis: 1 },
+            "page of {limit}: page+total, then creators; one pipeline of viewer counts"
+        );
     }
-    let (_, empty) = count_sql_round_trips(app.oneshot_get("/v1/streams?category=sports")).await;
-    assert_eq!(empty, 1, "an empty page needs no creator lookup");
+    let (_, empty) = count_round_trips(app.oneshot_get("/v1/streams?category=sports")).await;
+    assert_eq!(
+        empty,
+        RoundTrips { sql: 1, redis: 0 },
+        "an empty page needs no other lookup"
+    );
 }
 
 #[sqlx::test]
