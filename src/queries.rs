@@ -67,6 +67,18 @@ fn placeholder_creator(id: Uuid) -> User {
     }
 }
 
+/// One page of live streams and their total: `$1` category or null, `$2` limit,
+/// `$3` offset. The left join keeps one row (with the total) even when the page
+/// is empty, so the page and its total cost one round trip.
+pub const LIVE_PAGE_SQL: &str = "with live as ( \
+        select id, creator_id, title, category, thumbnail_url, started_at, version \
+        from live_streams where status = 'live' and ($1::text is null or category = $1) \
+     ), page as ( \
+        select * from live order by started_at desc, id desc limit $2 offset $3 \
+     ) \
+     select t.total, p.* from (select count(*) as total from live) t \
+     left join page p on true order by p.started_at desc, p.id desc";
+
 #[tracing::instrument(skip(pool, presence))]
 pub async fn list_live(
     pool: &PgPool,
@@ -76,23 +88,12 @@ pub async fn list_live(
     limit: u32,
 ) -> sqlx::Result<LivePage> {
     let offset = i64::from(page - 1) * i64::from(limit);
-    // The left join keeps one row (with the total) even when the page is empty,
-    // so the page and its total cost one round trip.
-    let rows: Vec<PageRow> = sqlx::query_as(
-        "with live as ( \
-            select id, creator_id, title, category, thumbnail_url, started_at, version \
-            from live_streams where status = 'live' and ($1::text is null or category = $1) \
-         ), page as ( \
-            select * from live order by started_at desc, id desc limit $2 offset $3 \
-         ) \
-         select t.total, p.* from (select count(*) as total from live) t \
-         left join page p on true order by p.started_at desc, p.id desc",
-    )
-    .bind(category.map(Category::as_str))
-    .bind(i64::from(limit))
-    .bind(offset)
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<PageRow> = sqlx::query_as(LIVE_PAGE_SQL)
+        .bind(category.map(Category::as_str))
+        .bind(i64::from(limit))
+        .bind(offset)
+        .fetch_all(pool)
+        .await?;
 
     let total = rows.first().map_or(0, |r| r.total);
     let streams: Vec<LiveStream> = rows.into_iter().filter_map(PageRow::into_stream).collect();

@@ -24,23 +24,14 @@ use crate::stats::{ms, Latency};
 
 use super::Ctx;
 
-/// The service's page query, verbatim (see `queries::list_live`).
-const PAGE_SQL: &str = "with live as ( \
-        select id, creator_id, title, category, thumbnail_url, started_at, version \
-        from live_streams where status = 'live' and ($1::text is null or category = $1) \
-     ), page as ( \
-        select * from live order by started_at desc, id desc limit $2 offset $3 \
-     ) \
-     select t.total, p.* from (select count(*) as total from live) t \
-     left join page p on true order by p.started_at desc, p.id desc";
-
 /// The N+1 list: the same page, then per row one creator query and one Redis call.
 async fn list_n_plus_one(
     pool: &PgPool,
     presence: &ViewerPresence,
     limit: i64,
 ) -> anyhow::Result<Vec<(Uuid, User, Option<u64>)>> {
-    let rows = sqlx::query(PAGE_SQL)
+    // The service's own page query: only the lookups after it differ.
+    let rows = sqlx::query(queries::LIVE_PAGE_SQL)
         .bind(None::<String>)
         .bind(limit)
         .bind(0i64)
