@@ -2,15 +2,14 @@
 //! killed when dropped. SIGSTOP/SIGCONT freeze and thaw it for the outage scenario.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
 
-use super::{free_port, log_dir, PARTITIONS, TOPIC};
+use super::{free_port, spawn_logged, PARTITIONS, TOPIC};
 
 pub struct Broker {
     pub port: u16,
@@ -37,22 +36,18 @@ impl Broker {
     pub async fn start(label: &str) -> anyhow::Result<Self> {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(log_dir().join(format!("tansu-{label}.log")))?;
-        let child = Command::new(tansu_bin())
+        let mut command = Command::new(tansu_bin());
+        command
             .arg("broker")
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "memory://tansu/"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "cannot start Tansu ({}); install it with `cargo install tansu --version 0.6.0 --locked` or set TANSU_BIN",
-                    tansu_bin().display()
-                )
-            })?;
+            .env("RUST_LOG", "warn");
+        let child = spawn_logged(
+            command,
+            &format!("tansu-{label}"),
+            "install it with `cargo install tansu --version 0.6.0 --locked --features \
+             dynostore,libsql`, or set TANSU_BIN",
+        )?;
         let broker = Self {
             port,
             child,

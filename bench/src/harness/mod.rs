@@ -33,6 +33,26 @@ pub fn bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/release"))
 }
 
+/// Spawns `command` with stdin closed and stdout and stderr to
+/// `<log_dir>/<log_name>.log`; `missing` says how to get the program if it
+/// cannot start.
+pub fn spawn_logged(
+    mut command: std::process::Command,
+    log_name: &str,
+    missing: &str,
+) -> anyhow::Result<std::process::Child> {
+    use anyhow::Context as _;
+    use std::process::Stdio;
+    let log = std::fs::File::create(log_dir().join(format!("{log_name}.log")))?;
+    let program = PathBuf::from(command.get_program());
+    command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {} ({missing})", program.display()))
+}
+
 /// `target/bench-logs/<pid>`: child process logs and the pgbench script.
 pub fn log_dir() -> PathBuf {
     let dir = bin_dir()

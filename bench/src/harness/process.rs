@@ -1,14 +1,11 @@
 //! The release binaries as child processes, so their memory can be read from
 //! `/proc` and they stop like they would in production (SIGTERM).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
-
-use super::{bin_dir, free_port, log_dir, REDIS_URL, TOPIC};
+use super::{bin_dir, free_port, spawn_logged, REDIS_URL, TOPIC};
 
 /// A child process, killed when dropped.
 struct Service {
@@ -18,22 +15,14 @@ struct Service {
 }
 
 impl Service {
-    fn spawn(name: &str, mut command: Command) -> anyhow::Result<Self> {
+    fn spawn(name: &str, command: Command) -> anyhow::Result<Self> {
         static STARTED: AtomicU32 = AtomicU32::new(0);
-        let binary = command.get_program().to_owned();
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
-        let log = std::fs::File::create(log_dir().join(format!("{name}-{n}.log")))?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "cannot start {} (build it: cargo build --release -p nova-streaming -p outbox-relay)",
-                    PathBuf::from(binary).display()
-                )
-            })?;
+        let child = spawn_logged(
+            command,
+            &format!("{name}-{n}"),
+            "build it: cargo build --release -p nova-streaming -p outbox-relay",
+        )?;
         Ok(Self {
             name: name.to_owned(),
             child: Some(child),
