@@ -4,23 +4,29 @@
 
 use crate::harness::db::TestDb;
 
-#[tokio::test]
-async fn the_batch_read_uses_the_index_order() {
+/// The plan of `sql` with `setting` applied to the session, its `$n` bound to `binds`.
+async fn plan_of(setting: &str, sql: &str, binds: &[i64]) -> String {
     let db = TestDb::new().await;
     let mut conn = db.conn().await;
-    sqlx::query("set enable_sort = off")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let plan: Vec<String> =
-        sqlx::query_scalar(&format!("explain {}", outbox_relay::reader::READ_BATCH_SQL))
-            .bind(0_i64)
-            .bind(0_i64)
-            .bind(500_i64)
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-    let plan = plan.join("\n");
+    sqlx::query(setting).execute(&mut conn).await.unwrap();
+    let explain = format!("explain {sql}");
+    let query = binds
+        .iter()
+        .fold(sqlx::query_scalar(&explain), |query, bind| {
+            query.bind(*bind)
+        });
+    let plan: Vec<String> = query.fetch_all(&mut conn).await.unwrap();
+    plan.join("\n")
+}
+
+#[tokio::test]
+async fn the_batch_read_uses_the_index_order() {
+    let plan = plan_of(
+        "set enable_sort = off",
+        outbox_relay::reader::READ_BATCH_SQL,
+        &[0, 0, 500],
+    )
+    .await;
     assert!(plan.contains("event_log_txid_position"), "{plan}");
     assert!(!plan.contains("Sort"), "{plan}");
 }
@@ -29,20 +35,12 @@ async fn the_batch_read_uses_the_index_order() {
 /// prepared statement, where it cannot see how close the checkpoint is to the end.
 #[tokio::test]
 async fn the_held_back_probe_uses_the_index_in_a_generic_plan() {
-    let db = TestDb::new().await;
-    let mut conn = db.conn().await;
-    sqlx::query("set plan_cache_mode = force_generic_plan")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let plan: Vec<String> =
-        sqlx::query_scalar(&format!("explain {}", outbox_relay::reader::HELD_BACK_SQL))
-            .bind(0_i64)
-            .bind(0_i64)
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-    let plan = plan.join("\n");
+    let plan = plan_of(
+        "set plan_cache_mode = force_generic_plan",
+        outbox_relay::reader::HELD_BACK_SQL,
+        &[0, 0],
+    )
+    .await;
     assert!(plan.contains("event_log_txid_position"), "{plan}");
     assert!(!plan.contains("Seq Scan"), "{plan}");
 }
