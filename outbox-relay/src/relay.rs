@@ -84,6 +84,24 @@ impl Checkpoints {
             .unwrap_or_default()
     }
 
+    /// Records the end of a batch whose every ack arrived, and writes it once
+    /// `every` batches are unwritten or the window is empty.
+    async fn settled(
+        &mut self,
+        new: StoredCheckpoint,
+        window_empty: bool,
+        every: u32,
+        lock: &mut LeaderLock,
+        name: &str,
+    ) -> Result<(), CheckpointError> {
+        self.pending = Some(new);
+        self.unwritten += 1;
+        if window_empty || self.unwritten >= every {
+            self.flush(lock, name).await?;
+        }
+        Ok(())
+    }
+
     /// Writes the pending progress (compare-and-set against what was stored).
     async fn flush(&mut self, lock: &mut LeaderLock, name: &str) -> Result<(), CheckpointError> {
         if let Some(new) = self.pending {
@@ -324,11 +342,15 @@ impl Relay {
             checkpoint: end,
             system_identifier: Some(cluster.system_identifier),
         };
-        checkpoints.pending = Some(new);
-        checkpoints.unwritten += 1;
-        if window.is_empty() || checkpoints.unwritten >= self.args.max_in_flight_batches {
-            checkpoints.flush(lock, &self.args.relay_name).await?;
-        }
+        checkpoints
+            .settled(
+                new,
+                window.is_empty(),
+                self.args.max_in_flight_batches,
+                lock,
+                &self.args.relay_name,
+            )
+            .await?;
         self.record_success(&batch.events, latency);
         if std::mem::take(&mut progress.first_batch) {
             tracing::info!(
