@@ -81,16 +81,17 @@ impl Reader {
             Some(batch) => batch?,
             None => read_with(&self.pool, after, self.batch_size).await?,
         };
-        match batch.last() {
-            Some(last) if self.ahead.is_none() && batch.len() == self.batch_size as usize => {
-                self.start_ahead(last.checkpoint());
-            }
-            Some(last) => {
-                if let Some(ahead) = &mut self.ahead {
+        match &mut self.ahead {
+            Some(ahead) => {
+                if let Some(last) = batch.last() {
                     ahead.from = last.checkpoint();
                 }
             }
-            None => {}
+            None => {
+                if let Some(end) = continues_at(&batch, self.batch_size) {
+                    self.start_ahead(end);
+                }
+            }
         }
         Ok(batch)
     }
@@ -120,12 +121,10 @@ impl Reader {
             let mut after = from;
             loop {
                 let read = read_with(&pool, after, limit).await;
-                let more = match &read {
-                    Ok(batch) if batch.len() == limit as usize => {
-                        batch.last().map(OutboxEvent::checkpoint)
-                    }
-                    _ => None,
-                };
+                let more = read
+                    .as_ref()
+                    .ok()
+                    .and_then(|batch| continues_at(batch, limit));
                 if tx.send(read).await.is_err() {
                     return;
                 }
@@ -157,6 +156,16 @@ impl Reader {
 impl Drop for Reader {
     fn drop(&mut self) {
         self.forget();
+    }
+}
+
+/// Where the next read starts if `batch` was full (more may follow); `None`
+/// when it was short: caught up.
+fn continues_at(batch: &[OutboxEvent], limit: u32) -> Option<Checkpoint> {
+    if batch.len() == limit as usize {
+        batch.last().map(OutboxEvent::checkpoint)
+    } else {
+        None
     }
 }
 
