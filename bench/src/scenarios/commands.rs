@@ -19,14 +19,7 @@ enum Leg {
     PgbenchNoNotify,
 }
 
-pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
-    let db = ScratchDb::create(&ctx.admin, &ctx.admin_url, "commands").await?;
-    let result = measure(ctx, &db).await;
-    db.drop(&ctx.admin).await;
-    result
-}
-
-async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
+pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
     let plan = ctx.plan.clone();
     let api = ApiProcess::spawn(&db.url, &ctx.jwt_secret, "commands").await?;
     let client = CommandClient::new(&format!("http://{}", api.addr), plan.concurrency * 2);

@@ -25,14 +25,7 @@ use super::Ctx;
 /// The relay's default `ce_source`, so the records are byte-for-byte the same.
 const CE_SOURCE: &str = "/nova-streaming";
 
-pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
-    let db = ScratchDb::create(&ctx.admin, &ctx.admin_url, "drain").await?;
-    let result = measure(ctx, &db).await;
-    db.drop(&ctx.admin).await;
-    result
-}
-
-async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
+pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
     let events = ctx.plan.drain_events;
     let broker = Broker::start("drain").await?;
     let loaded = Instant::now();

@@ -44,14 +44,7 @@ struct Run {
 /// Per (wake-up, rate index): one run per repetition.
 type Results = HashMap<(Wakeup, usize), Vec<Run>>;
 
-pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
-    let db = ScratchDb::create(&ctx.admin, &ctx.admin_url, "latency").await?;
-    let result = measure(ctx, &db).await;
-    db.drop(&ctx.admin).await;
-    result
-}
-
-async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
+pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
     let plan = ctx.plan.clone();
     let broker = Broker::start("latency").await?;
     let bootstrap = broker.bootstrap();

@@ -15,6 +15,8 @@ pub mod pgbench;
 
 use sqlx::PgPool;
 
+use crate::harness::ScratchDb;
+
 use crate::plan::Plan;
 use crate::report::Report;
 
@@ -76,15 +78,27 @@ impl Scenario {
 
     pub async fn run(self, ctx: &mut Ctx) -> anyhow::Result<()> {
         match self {
-            Scenario::Commands => commands::run(ctx).await,
-            Scenario::Drain => drain::run(ctx).await,
-            Scenario::Latency => latency::run(ctx).await,
+            Scenario::Commands => with_scratch_db(ctx, "commands", commands::measure).await,
+            Scenario::Drain => with_scratch_db(ctx, "drain", drain::measure).await,
+            Scenario::Latency => with_scratch_db(ctx, "latency", latency::measure).await,
             Scenario::List => list::run(ctx).await,
-            Scenario::Outage => outage::run(ctx).await,
+            Scenario::Outage => with_scratch_db(ctx, "outage", outage::measure).await,
             Scenario::Memory => {
                 memory::report(ctx);
                 Ok(())
             }
         }
     }
+}
+
+/// Runs `measure` on a new scratch database, dropped afterwards whatever the outcome.
+async fn with_scratch_db(
+    ctx: &mut Ctx,
+    label: &str,
+    measure: impl AsyncFnOnce(&mut Ctx, &ScratchDb) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let db = ScratchDb::create(&ctx.admin, &ctx.admin_url, label).await?;
+    let result = measure(ctx, &db).await;
+    db.drop(&ctx.admin).await;
+    result
 }

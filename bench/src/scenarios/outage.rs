@@ -27,14 +27,7 @@ struct Phases {
     errors: u64,
 }
 
-pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
-    let db = ScratchDb::create(&ctx.admin, &ctx.admin_url, "outage").await?;
-    let result = measure(ctx, &db).await;
-    db.drop(&ctx.admin).await;
-    result
-}
-
-async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
+pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
     let plan = ctx.plan.clone();
     let mut broker = Broker::start("outage").await?;
     // A 1 s backoff cap bounds the catch-up wait after each outage.
