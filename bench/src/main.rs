@@ -8,6 +8,7 @@
 //! - [`plan`]: quick and full mode: durations, repetitions, sizes.
 //! - [`harness`]: scratch databases, the Tansu broker, the API and relay as
 //!   child processes, peak RSS from `/proc`.
+//! - [`cpu`]: CPU time per process of a leg, from `/proc`.
 //! - [`load`]: the HTTP load generator (closed and open loop, 127.0.0.1 only).
 //! - [`sqlcount`]: counts SQL round trips from sqlx's tracing events.
 //! - [`stats`]: percentiles, medians, per-repetition ratios.
@@ -18,6 +19,7 @@
 //! - [`report`]: the table, and the generated block of `BENCHMARKS.md`.
 //! - [`machine`]: cores, memory, versions, commit.
 
+mod cpu;
 mod harness;
 mod load;
 mod machine;

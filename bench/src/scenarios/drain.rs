@@ -16,6 +16,7 @@ use outbox_relay::checkpoint::Checkpoint;
 use outbox_relay::event::{OutboxEvent, RecordParts};
 use outbox_relay::publisher::PRODUCER_DEFAULTS;
 
+use crate::cpu::{Meter, Source, Spent};
 use crate::harness::{Broker, RelayProcess, ScratchDb, TOPIC};
 use crate::report::{list, thousands, Figure};
 use crate::stats::{median, ratios};
@@ -34,14 +35,14 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
     let records = read_back(db).await?;
     let bytes: usize = records.iter().map(|r| r.value.len()).sum();
 
-    let (mut relay_rates, mut raw_rates) = (vec![], vec![]);
+    let (mut relay_legs, mut raw_legs) = (vec![], vec![]);
     let mut retries = 0.0;
     for rep in 0..ctx.plan.drain_reps {
         let relay_first = rep % 2 == 0;
         for leg in [relay_first, !relay_first] {
             if leg {
-                let (rate, leg_retries, peak) = relay_drain(db, &broker, rep).await?;
-                relay_rates.push(rate);
+                let (leg, leg_retries, peak) = relay_drain(db, &broker, rep).await?;
+                relay_legs.push(leg);
                 retries += leg_retries;
                 if let Some(peak) = peak {
                     ctx.memory
@@ -49,17 +50,24 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
                         .push((format!("scenario 2 (drain of {events} events)"), peak));
                 }
             } else {
-                raw_rates.push(raw_produce(&broker, &records).await?);
+                raw_legs.push(raw_produce(&broker, &records).await?);
             }
         }
         println!(
             "  rep {}: relay {:.0} events/s, raw producer {:.0} events/s",
             rep + 1,
-            relay_rates[rep],
-            raw_rates[rep]
+            relay_legs[rep].rate(),
+            raw_legs[rep].rate()
+        );
+        println!(
+            "    CPU ms per 1,000 events: relay leg {}; raw leg {}",
+            cpu_summary(&relay_legs[rep..=rep], &[RELAY, POSTGRES, BROKER]),
+            cpu_summary(&raw_legs[rep..=rep], &[PRODUCER, POSTGRES, BROKER]),
         );
     }
 
+    let relay_rates: Vec<f64> = relay_legs.iter().map(Leg::rate).collect();
+    let raw_rates: Vec<f64> = raw_legs.iter().map(Leg::rate).collect();
     let ratio = median(&ratios(&relay_rates, &raw_rates));
     let quick = if events < 200_000 {
         " (quick mode: fewer than the 200,000 of full mode)"
@@ -83,10 +91,14 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
         "Scenario 2: {events} events{quick}, mean value {} B plus CloudEvents headers and a traceparent; \
          {} reps, order alternating; relay defaults (batch 500, delivery timeout 100 ms, linger 0, lz4, \
          acks=all, idempotent), fresh relay name per rep; {retries} relay retries in total. \
-         Per-rep ratios: {}. Topic with 3 partitions, Tansu in memory.",
+         Per-rep ratios: {}. Topic with 3 partitions, Tansu in memory. \
+         CPU time per 1,000 events (ms, medians; from /proc, all threads; Postgres = every postgres process): \
+         relay leg: {}; raw leg: {}.",
         bytes / records.len().max(1),
         ctx.plan.drain_reps,
         list(&ratios(&relay_rates, &raw_rates)),
+        cpu_summary(&relay_legs, &[RELAY, POSTGRES, BROKER]),
+        cpu_summary(&raw_legs, &[PRODUCER, POSTGRES, BROKER]),
     ));
     Ok(())
 }
@@ -139,12 +151,13 @@ async fn read_back(db: &ScratchDb) -> anyhow::Result<Vec<RecordParts>> {
     Ok(records)
 }
 
-/// Returns events/s, the relay's retries, and its peak RSS.
+/// Returns the timed leg (with the CPU time the relay, the broker and Postgres
+/// spent while it drained), the relay's retries, and its peak RSS.
 async fn relay_drain(
     db: &ScratchDb,
     broker: &Broker,
     rep: usize,
-) -> anyhow::Result<(f64, f64, Option<f64>)> {
+) -> anyhow::Result<(Leg, f64, Option<f64>)> {
     let name = format!("drain-{rep}");
     let last = db.last_position().await?;
     let relay = RelayProcess::spawn(&db.url, &broker.bootstrap(), &name, &[]).await?;
@@ -158,22 +171,34 @@ async fn relay_drain(
                 .map(|p| (Instant::now(), p))
         })
         .await?;
+    let meter = Meter::start(&[
+        (RELAY, Source::Pid(relay.pid())),
+        (BROKER, Source::Pid(broker.pid())),
+        (POSTGRES, Source::Postgres),
+    ]);
     crate::harness::eventually(timeout, "the relay to drain the backlog", || async {
         (db.checkpoint(&name).await.ok().flatten()? >= last).then_some(())
     })
     .await?;
     let elapsed = first_at.elapsed();
+    let spent = meter.stop();
     let retries = relay
         .metric("outbox_relay_retries_total")
         .await
         .unwrap_or(0.0);
     let peak = relay.peak_rss_mb();
     relay.stop().await;
-    Ok(((last - first) as f64 / elapsed.as_secs_f64(), retries, peak))
+    let leg = Leg {
+        events: (last - first) as usize,
+        elapsed,
+        spent,
+    };
+    Ok((leg, retries, peak))
 }
 
-/// Produces every record as fast as the producer takes them, then awaits every ack.
-async fn raw_produce(broker: &Broker, records: &[RecordParts]) -> anyhow::Result<f64> {
+/// Produces every record as fast as the producer takes them, then awaits every
+/// ack. The leg's CPU time counts the producer (this process) and the broker.
+async fn raw_produce(broker: &Broker, records: &[RecordParts]) -> anyhow::Result<Leg> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", broker.bootstrap());
     for (key, value) in PRODUCER_DEFAULTS {
@@ -187,6 +212,11 @@ async fn raw_produce(broker: &Broker, records: &[RecordParts]) -> anyhow::Result
         .map_err(|(err, _)| err)
         .context("raw producer warm-up")?;
 
+    let meter = Meter::start(&[
+        (PRODUCER, Source::Pid(std::process::id())),
+        (BROKER, Source::Pid(broker.pid())),
+        (POSTGRES, Source::Postgres),
+    ]);
     let started = Instant::now();
     let mut pending = FuturesUnordered::new();
     let mut failed = 0u64;
@@ -215,6 +245,60 @@ async fn raw_produce(broker: &Broker, records: &[RecordParts]) -> anyhow::Result
         }
     }
     let elapsed = started.elapsed();
+    let spent = meter.stop();
     anyhow::ensure!(failed == 0, "raw producer: {failed} deliveries failed");
-    Ok(records.len() as f64 / elapsed.as_secs_f64())
+    Ok(Leg {
+        events: records.len(),
+        elapsed,
+        spent,
+    })
+}
+
+const RELAY: &str = "relay";
+const PRODUCER: &str = "producer";
+const BROKER: &str = "broker";
+const POSTGRES: &str = "Postgres";
+
+/// One timed leg: how many events in how long, and the CPU time it took.
+struct Leg {
+    events: usize,
+    elapsed: Duration,
+    spent: Spent,
+}
+
+impl Leg {
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// CPU milliseconds per 1,000 events of `part` (or of all parts).
+    fn ms_per_1k(&self, part: Option<&str>) -> f64 {
+        let spent = part.map_or_else(|| self.spent.total(), |p| self.spent.get(p));
+        spent.as_secs_f64() * 1e6 / self.events.max(1) as f64
+    }
+
+    /// Cores kept busy on average by the parts together.
+    fn cores(&self) -> f64 {
+        self.spent.total().as_secs_f64() / self.elapsed.as_secs_f64()
+    }
+}
+
+/// "relay 1.2, broker 3.4, Postgres 0.8; 5.4 in all, 1.7 cores busy": medians
+/// over the repetitions of CPU ms per 1,000 events.
+fn cpu_summary(legs: &[Leg], parts: &[&str]) -> String {
+    let per_part = parts
+        .iter()
+        .map(|part| {
+            let ms: Vec<f64> = legs.iter().map(|l| l.ms_per_1k(Some(part))).collect();
+            format!("{part} {:.1}", median(&ms))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let total: Vec<f64> = legs.iter().map(|l| l.ms_per_1k(None)).collect();
+    let cores: Vec<f64> = legs.iter().map(Leg::cores).collect();
+    format!(
+        "{per_part}; {:.1} in all, {:.2} cores busy",
+        median(&total),
+        median(&cores)
+    )
 }

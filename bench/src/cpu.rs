@@ -1,0 +1,139 @@
+//! CPU time spent by the processes of a leg, read from `/proc`: where a
+//! throughput goes on a 2-core machine (broker, relay or producer, Postgres).
+//! CPU seconds per event depend far less on what else the machine runs than
+//! wall-clock rates do, so they show what a missed ratio is made of.
+
+use std::time::Duration;
+
+/// Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK`; 100 on Linux).
+fn ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// User + system CPU time of `pid` so far (all its threads), or zero if gone.
+pub fn of_pid(pid: u32) -> Duration {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| ticks(&stat))
+        .map_or(Duration::ZERO, |t| {
+            Duration::from_secs_f64(t as f64 / ticks_per_second())
+        })
+}
+
+/// User + system CPU time so far of every `postgres` process (backends and
+/// background workers). Backends that exit meanwhile take theirs with them, so
+/// take both readings while the connections of interest are open.
+pub fn of_postgres() -> Duration {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    let total: u64 = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter(|stat| command(stat) == Some("postgres"))
+        .filter_map(|stat| ticks(&stat))
+        .sum();
+    Duration::from_secs_f64(total as f64 / ticks_per_second())
+}
+
+/// The command name in `/proc/<pid>/stat`: between the first `(` and the last `)`.
+fn command(stat: &str) -> Option<&str> {
+    Some(&stat[stat.find('(')? + 1..stat.rfind(')')?])
+}
+
+/// utime + stime: fields 14 and 15, i.e. the 12th and 13th after the `)`
+/// that ends the command name (which may itself hold spaces).
+fn ticks(stat: &str) -> Option<u64> {
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU time of named parts of a leg, between [`Meter::start`] and [`Meter::stop`].
+pub struct Meter {
+    parts: Vec<(&'static str, Source, Duration)>,
+}
+
+#[derive(Clone, Copy)]
+pub enum Source {
+    Pid(u32),
+    Postgres,
+}
+
+impl Source {
+    fn read(self) -> Duration {
+        match self {
+            Source::Pid(pid) => of_pid(pid),
+            Source::Postgres => of_postgres(),
+        }
+    }
+}
+
+/// What a leg cost each part, in CPU time.
+#[derive(Debug, Clone, Default)]
+pub struct Spent(pub Vec<(&'static str, Duration)>);
+
+impl Meter {
+    pub fn start(parts: &[(&'static str, Source)]) -> Self {
+        Self {
+            parts: parts
+                .iter()
+                .map(|&(name, source)| (name, source, source.read()))
+                .collect(),
+        }
+    }
+
+    pub fn stop(self) -> Spent {
+        Spent(
+            self.parts
+                .into_iter()
+                .map(|(name, source, before)| (name, source.read().saturating_sub(before)))
+                .collect(),
+        )
+    }
+}
+
+impl Spent {
+    pub fn get(&self, name: &str) -> Duration {
+        self.0
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(Duration::ZERO, |(_, d)| *d)
+    }
+
+    pub fn total(&self) -> Duration {
+        self.0.iter().map(|(_, d)| *d).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_times_after_a_command_name_with_spaces() {
+        let stat = "42 (tokio rt) S 1 42 42 0 -1 4194560 100 0 0 0 250 37 0 0 20 0 9 0 1 2 3";
+        assert_eq!(command(stat), Some("tokio rt"));
+        assert_eq!(ticks(stat), Some(287));
+    }
+
+    #[test]
+    fn this_process_has_spent_some_cpu() {
+        // Spin for longer than a clock tick (10 ms), so some CPU time is on record.
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(50) {
+            std::hint::black_box(started.elapsed());
+        }
+        assert!(of_pid(std::process::id()) > Duration::ZERO);
+    }
+}
