@@ -10,9 +10,9 @@ use uuid::Uuid;
 use crate::checkpoint::Checkpoint;
 
 /// The select list an [`OutboxEvent`] is read with (a macro, so that queries
-/// can `concat!` it). The payload arrives as JSON text and becomes the record's
-/// value as it is, with no parse and re-encode per event; of the row's headers
-/// only the trace context is needed.
+/// can `concat!` it). The payload is stored as `json` text and becomes the
+/// record's value as it is, with no render, parse or re-encode per event; of
+/// the row's headers only the trace context is needed.
 #[macro_export]
 macro_rules! outbox_event_columns {
     () => {
@@ -32,7 +32,7 @@ pub struct OutboxEvent {
     pub aggregate_id: Uuid,
     pub aggregate_version: i64,
     pub event_type: String,
-    /// The payload's JSON text, as Postgres renders `jsonb`.
+    /// The payload's JSON text, as stored (`json`).
     pub payload: String,
     /// W3C trace context from the row's `headers`, passed on when present.
     pub traceparent: Option<String>,
