@@ -148,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
     let machine = machine::Machine::describe(
         &admin,
         harness::REDIS_URL,
-        &harness::broker::tansu_bin().to_string_lossy(),
+        &testkit::tansu_bin().to_string_lossy(),
     )
     .await;
     let mut ctx = Ctx {

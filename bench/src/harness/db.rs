@@ -104,7 +104,7 @@ impl ScratchDb {
     /// Waits until `relay_name` has published everything committed so far.
     pub async fn wait_drained(&self, relay_name: &str, timeout: Duration) -> anyhow::Result<()> {
         let last = self.last_position().await?;
-        super::eventually(timeout, "the relay to catch up", || async {
+        testkit::eventually(timeout, "the relay to catch up", || async {
             let at = self.checkpoint(relay_name).await.ok().flatten()?;
             (at >= last).then_some(())
         })

@@ -1,16 +1,18 @@
 //! The release binaries as child processes, so their memory can be read from
 //! `/proc` and they stop like they would in production (SIGTERM).
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::{bin_dir, free_port, spawn_logged, REDIS_URL, TOPIC};
+use testkit::{eventually, free_port, Process};
 
-/// A child process, killed when dropped.
+use super::{bin_dir, log_dir, REDIS_URL, TOPIC};
+
+/// A child process logging to `<log_dir>/<name>-<n>.log`, killed when dropped.
 struct Service {
     name: String,
-    child: Option<Child>,
+    process: Process,
     http: String,
 }
 
@@ -18,59 +20,43 @@ impl Service {
     fn spawn(name: &str, command: Command) -> anyhow::Result<Self> {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
-        let child = spawn_logged(
+        let process = Process::spawn(
             command,
-            &format!("{name}-{n}"),
+            &log_dir().join(format!("{name}-{n}.log")),
             "build it: cargo build --release -p nova-streaming -p outbox-relay",
         )?;
         Ok(Self {
             name: name.to_owned(),
-            child: Some(child),
+            process,
             http: String::new(),
         })
     }
 
     fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.process.pid().unwrap_or(0)
     }
 
     async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let response = reqwest::Client::new()
-            .get(format!("http://{}{path}", self.http))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()?;
-        let status = response.status().as_u16();
-        Some((status, response.text().await.ok()?))
+        testkit::http::get(&self.http, path).await
     }
 
     /// SIGTERM, then up to 10 s for a graceful exit, then SIGKILL.
     async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        if self.process.pid().is_none() {
             return;
-        };
-        let _ = super::signal(child.id(), "TERM");
-        for _ in 0..1_000 {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        eprintln!(
-            "warning: {} ignored SIGTERM for 10 s; killing it",
-            self.name
-        );
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        let _ = self.process.signal("TERM");
+        if self
+            .process
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "warning: {} ignored SIGTERM for 10 s; killing it",
+                self.name
+            );
+            self.process.kill();
         }
     }
 }
@@ -123,7 +109,7 @@ impl ApiProcess {
         let mut service = Service::spawn(name, command)?;
         service.http = addr.clone();
         let api = Self { service, addr };
-        super::eventually(
+        eventually(
             Duration::from_secs(20),
             "the API to answer /readyz",
             || async {
@@ -184,7 +170,7 @@ impl RelayProcess {
         let mut service = Service::spawn(&format!("relay-{name}"), command)?;
         service.http = http;
         let relay = Self { service };
-        super::eventually(Duration::from_secs(20), "the relay to lead", || async {
+        eventually(Duration::from_secs(20), "the relay to lead", || async {
             let (_, body) = relay.service.get("/healthz").await?;
             body.contains("\"leader\"").then_some(())
         })
@@ -203,14 +189,13 @@ impl RelayProcess {
     /// The sum of every sample of a Prometheus metric family (`name` without labels).
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let (_, body) = self.service.get("/metrics").await?;
-        let total = body
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+        let total = testkit::http::metric_samples(&body)
+            .filter(|(series, _)| {
+                series
+                    .strip_prefix(name)
+                    .is_some_and(|labels| labels.is_empty() || labels.starts_with('{'))
             })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|(_, value)| value)
             .sum();
         Some(total)
     }

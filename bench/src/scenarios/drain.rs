@@ -15,9 +15,10 @@ use rdkafka::ClientConfig;
 use outbox_relay::checkpoint::Checkpoint;
 use outbox_relay::event::{OutboxEvent, RecordParts};
 use outbox_relay::publisher::PRODUCER_DEFAULTS;
+use testkit::Broker;
 
 use crate::cpu::{Meter, Source, Spent};
-use crate::harness::{Broker, RelayProcess, ScratchDb, TOPIC};
+use crate::harness::{start_broker, RelayProcess, ScratchDb, TOPIC};
 use crate::report::{list, thousands, Figure};
 use crate::stats::{median, ratios};
 
@@ -28,7 +29,7 @@ const CE_SOURCE: &str = "/nova-streaming";
 
 pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
     let events = ctx.plan.drain_events;
-    let broker = Broker::start("drain").await?;
+    let broker = start_broker("drain").await?;
     let loaded = Instant::now();
     preload(db, events).await?;
     println!("  pre-loaded {events} events in {:.1?}", loaded.elapsed());
@@ -162,21 +163,20 @@ async fn relay_drain(
     let last = db.last_position().await?;
     let relay = RelayProcess::spawn(&db.url, &broker.bootstrap(), &name, &[]).await?;
     let timeout = Duration::from_secs(120 + last as u64 / 1_000);
-    let (first_at, first) =
-        crate::harness::eventually(timeout, "the relay's first batch", || async {
-            db.checkpoint(&name)
-                .await
-                .ok()
-                .flatten()
-                .map(|p| (Instant::now(), p))
-        })
-        .await?;
+    let (first_at, first) = testkit::eventually(timeout, "the relay's first batch", || async {
+        db.checkpoint(&name)
+            .await
+            .ok()
+            .flatten()
+            .map(|p| (Instant::now(), p))
+    })
+    .await?;
     let meter = Meter::start(&[
         (RELAY, Source::Pid(relay.pid())),
-        (BROKER, Source::Pid(broker.pid())),
+        (BROKER, Source::Pid(broker_pid(broker)?)),
         (POSTGRES, Source::Postgres),
     ]);
-    crate::harness::eventually(timeout, "the relay to drain the backlog", || async {
+    testkit::eventually(timeout, "the relay to drain the backlog", || async {
         (db.checkpoint(&name).await.ok().flatten()? >= last).then_some(())
     })
     .await?;
@@ -214,7 +214,7 @@ async fn raw_produce(broker: &Broker, records: &[RecordParts]) -> anyhow::Result
 
     let meter = Meter::start(&[
         (PRODUCER, Source::Pid(std::process::id())),
-        (BROKER, Source::Pid(broker.pid())),
+        (BROKER, Source::Pid(broker_pid(broker)?)),
         (POSTGRES, Source::Postgres),
     ]);
     let started = Instant::now();
@@ -252,6 +252,10 @@ async fn raw_produce(broker: &Broker, records: &[RecordParts]) -> anyhow::Result
         elapsed,
         spent,
     })
+}
+
+fn broker_pid(broker: &Broker) -> anyhow::Result<u32> {
+    broker.pid().context("the broker is not running")
 }
 
 const RELAY: &str = "relay";

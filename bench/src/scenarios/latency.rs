@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::harness::{ApiProcess, Broker, RelayProcess, ScratchDb};
+use testkit::Broker;
+
+use crate::harness::{start_broker, ApiProcess, RelayProcess, ScratchDb, PARTITIONS};
 use crate::load::{open_loop, CommandClient, Creator, OpenLoop};
 use crate::plan::Plan;
 use crate::report::{thousands, Figure};
@@ -46,7 +48,7 @@ type Results = HashMap<(Wakeup, usize), Vec<Run>>;
 
 pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
     let plan = ctx.plan.clone();
-    let broker = Broker::start("latency").await?;
+    let broker = start_broker("latency").await?;
     let bootstrap = broker.bootstrap();
     let api = ApiProcess::spawn(&db.url, &ctx.jwt_secret, "latency").await?;
     let client = CommandClient::new(&format!("http://{}", api.addr), 256);
@@ -203,7 +205,7 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
 /// partition on each fetch that returns data, so its fetch slows down as a
 /// topic grows (docs/tansu.md), which would make later legs pay for earlier ones.
 async fn fresh_topic(broker: &Broker, name: String) -> anyhow::Result<(String, Arrivals)> {
-    broker.create_topic(&name).await?;
+    broker.create_topic(&name, PARTITIONS).await?;
     let arrivals = Arrivals::start(&broker.bootstrap(), &name)?;
     Ok((name, arrivals))
 }

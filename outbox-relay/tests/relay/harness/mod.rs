@@ -1,6 +1,8 @@
 //! Test harness: a fresh database per test, a Tansu broker per test on a free
 //! port, relay processes (the real binary, `run` and `replay`), an rdkafka
 //! consumer, the service in-process, and the service's writes done in SQL.
+//! The broker, child processes and waiting are the workspace's `testkit`
+//! (shared with the bench), wrapped here to panic.
 
 pub mod api;
 pub mod broker;
@@ -10,7 +12,6 @@ pub mod process;
 pub mod replay;
 pub mod writes;
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -51,12 +52,6 @@ pub async fn leader_stack() -> LeaderStack {
     }
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
-}
-
 /// A scratch directory for one test's logs and broker files.
 pub fn scratch_dir(label: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -66,20 +61,13 @@ pub fn scratch_dir(label: &str) -> PathBuf {
     dir
 }
 
-/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+/// [`testkit::eventually`], panicking with its message after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    testkit::eventually(timeout, what, check)
+        .await
+        .unwrap_or_else(|err| panic!("{err}"))
 }

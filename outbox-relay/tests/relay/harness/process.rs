@@ -3,15 +3,17 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
-use super::{free_port, scratch_dir, TOPIC};
+use testkit::{free_port, Process};
+
+use super::{scratch_dir, TOPIC};
 
 pub struct RelayProcess {
     pub http: String,
     pub log: PathBuf,
-    child: Option<Child>,
+    process: Process,
 }
 
 /// Settings that differ between tests; everything else is the default.
@@ -50,7 +52,6 @@ impl RelayProcess {
     pub fn spawn_subcommand(env: &RelayEnv, args: &[&str]) -> Self {
         let http = format!("127.0.0.1:{}", free_port());
         let log = scratch_dir(args[0]).join(format!("{}.log", args[0]));
-        let file = std::fs::File::create(&log).expect("relay log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
         command
             .args(args)
@@ -59,74 +60,39 @@ impl RelayProcess {
             .env("RELAY_NAME", &env.relay_name)
             .env("RELAY_TOPIC", TOPIC)
             .env("RELAY_HTTP_ADDR", &http)
-            .env("RUST_LOG", "info,librdkafka=warn")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("clone"))
-            .stderr(file);
+            .env("RUST_LOG", "info,librdkafka=warn");
         for (key, value) in &env.extra {
             command.env(key, value);
         }
-        let child = command.spawn().expect("start outbox-relay");
-        Self {
-            http,
-            log,
-            child: Some(child),
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        let process =
+            Process::spawn(command, &log, "cargo test builds it").expect("start outbox-relay");
+        Self { http, log, process }
     }
 
     pub fn sigkill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     pub fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
+        self.process.signal("TERM").expect("kill -TERM the relay");
     }
 
     /// The exit status, if the process has exited.
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
-        let status = self.child.as_mut()?.try_wait().expect("try_wait")?;
-        self.child = None;
-        Some(status)
+        self.process.try_exit().expect("try_wait")
     }
 
     /// Waits for the process to exit on its own.
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let child = self.child.as_mut().expect("running");
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return status;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!(
-                    "relay did not exit within {timeout:?}; log: {}",
-                    self.log.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.process
+            .wait_exit(timeout)
+            .await
+            .unwrap_or_else(|err| panic!("{err}; log: {}", self.log.display()))
     }
 
     async fn get(&self, path: &str) -> Option<String> {
-        let response = reqwest::Client::new()
-            .get(format!("http://{}{path}", self.http))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()?;
-        response.text().await.ok()
+        let (_, body) = testkit::http::get(&self.http, path).await?;
+        Some(body)
     }
 
     /// `leader`, `standby`, `backing-off`, `refusing`, `starting`; `None` if down.
@@ -147,12 +113,8 @@ impl RelayProcess {
     /// Samples by name (`outbox_relay_retries_total`, histogram `_count`, …).
     pub async fn metrics(&self) -> HashMap<String, f64> {
         let body = self.get("/metrics").await.unwrap_or_default();
-        body.lines()
-            .filter(|line| !line.starts_with('#'))
-            .filter_map(|line| {
-                let (name, value) = line.rsplit_once(' ')?;
-                Some((name.to_owned(), value.parse().ok()?))
-            })
+        testkit::http::metric_samples(&body)
+            .map(|(series, value)| (series.to_owned(), value))
             .collect()
     }
 
@@ -162,11 +124,5 @@ impl RelayProcess {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        self.sigkill();
     }
 }
