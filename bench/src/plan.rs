@@ -43,7 +43,7 @@ impl Plan {
             throughput_reps: if quick { 3 } else { 5 },
             throughput_secs: if quick { 3 } else { 10 },
             drain_events: if quick { 20_000 } else { 200_000 },
-            drain_reps: 3,
+            drain_reps: if quick { 5 } else { 7 },
             latency_rates: [200.0, 1_000.0],
             latency_secs: if quick { 4.0 } else { 15.0 },
             latency_reps: if quick { 1 } else { 3 },
