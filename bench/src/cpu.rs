@@ -59,6 +59,40 @@ fn ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The machine's CPU time so far from `/proc/stat`: on a virtual machine,
+/// `steal` is time the hypervisor gave to other guests while this one had work.
+#[derive(Debug, Clone, Copy)]
+pub struct Host {
+    steal: u64,
+    total: u64,
+}
+
+impl Host {
+    pub fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal [guest guest_nice]:
+        // guest time is already counted in user and nice.
+        Some(Self {
+            steal: *fields.get(7)?,
+            total: fields.iter().take(8).sum(),
+        })
+    }
+
+    /// The share of all CPU time since `self` that was stolen, in percent.
+    pub fn stolen_since(&self) -> Option<f64> {
+        let now = Self::now()?;
+        let total = now.total.checked_sub(self.total).filter(|t| *t > 0)?;
+        Some(100.0 * now.steal.saturating_sub(self.steal) as f64 / total as f64)
+    }
+}
+
 /// CPU time of named parts of a leg, between [`Meter::start`] and [`Meter::stop`].
 pub struct Meter {
     parts: Vec<(&'static str, Source, Duration)>,

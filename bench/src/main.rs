@@ -164,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
         ),
     };
     let started = Instant::now();
+    let host = cpu::Host::now();
     for scenario in &selected {
         println!("\n== {} ({} mode)", scenario.title(), ctx.plan.name());
         let scenario_started = Instant::now();
@@ -186,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
         println!("  ({:.0} s)", scenario_started.elapsed().as_secs_f64());
     }
     let elapsed = started.elapsed();
+    let stolen = host.and_then(|h| h.stolen_since());
 
     println!("\n{}\n", ctx.report.table());
     let met = ctx
@@ -204,6 +206,13 @@ async fn main() -> anyhow::Result<()> {
         "goals met: {met} of {goals}; {:.0} s",
         elapsed.as_secs_f64()
     );
+    let steal = match stolen {
+        Some(pct) => format!(
+            "- CPU steal during the run: {pct:.1}% of all CPU time went to other guests of the host \
+             (`/proc/stat`); the higher, the noisier the absolute numbers.\n"
+        ),
+        None => String::new(),
+    };
 
     let out = match (&cli.out, everything) {
         (Some(path), _) => Some(path.clone()),
@@ -213,7 +222,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(out) = out {
         let header = format!(
             "Mode: **{mode}** (`cargo run --release -p bench -- {mode}`), {date}, {secs:.0} s. \
-             Goals met: {met} of {goals}.\n\n{machine}",
+             Goals met: {met} of {goals}.\n\n{machine}{steal}",
             mode = ctx.plan.name(),
             date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
             secs = elapsed.as_secs_f64(),
