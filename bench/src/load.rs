@@ -67,7 +67,9 @@ impl CommandClient {
         }
     }
 
-    /// Starts a stream if the creator has none live, else ends it.
+    /// Starts a stream if the creator has none live, else ends it. After a
+    /// failed step the creator's state follows what the API answered: a 409 on
+    /// a start names the live stream, a 409 on an end means it ended.
     pub async fn step(&self, creator: &mut Creator) -> anyhow::Result<Completion> {
         match creator.live {
             None => {
@@ -81,6 +83,13 @@ impl CommandClient {
                     .await?;
                 let status = response.status();
                 let body: serde_json::Value = response.json().await.unwrap_or_default();
+                if status.as_u16() == 409 {
+                    // A start that timed out or was shed may have committed after
+                    // all: the 409 names the live stream, which the next step ends.
+                    creator.live = body["error"]["details"]["stream_id"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok());
+                }
                 anyhow::ensure!(status.as_u16() == 201, "start answered {status}: {body}");
                 let stream_id: Uuid = body["id"]
                     .as_str()
@@ -102,6 +111,10 @@ impl CommandClient {
                     .await?;
                 let status = response.status();
                 let _ = response.bytes().await;
+                if status.as_u16() == 409 {
+                    // Already ended (an earlier end committed but its answer was lost).
+                    creator.live = None;
+                }
                 anyhow::ensure!(status.as_u16() == 200, "end answered {status}");
                 creator.live = None;
                 Ok(Completion {
@@ -151,11 +164,8 @@ pub async fn closed_loop(
             while Instant::now() < deadline {
                 match client.step(&mut creator).await {
                     Ok(_) => done += 1,
-                    Err(_) => {
-                        errors += 1;
-                        // Unknown state after an error: assume nothing is live.
-                        creator.live = None;
-                    }
+                    // `step` resyncs the creator from the API's 409s.
+                    Err(_) => errors += 1,
                 }
             }
             (creator, done, errors)
@@ -210,9 +220,6 @@ pub async fn open_loop(
         tasks.spawn(async move {
             let outcome = client.step(&mut creator).await;
             let latency = scheduled.elapsed();
-            if outcome.is_err() {
-                creator.live = None;
-            }
             let _ = idle_tx.send(creator);
             (outcome, latency)
         });

@@ -59,7 +59,7 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
     let mut results = Results::new();
     let mut floors: HashMap<usize, Vec<Latency>> = HashMap::new();
     let mut acks: HashMap<usize, Vec<Latency>> = HashMap::new();
-    let mut missing = 0usize;
+    let (mut goal_failures, mut lost_total, mut errors_total) = (0usize, 0usize, 0usize);
     for rep in 0..plan.latency_reps {
         for (i, &rate) in plan.latency_rates.iter().enumerate() {
             let (topic, arrivals) = fresh_topic(&broker, format!("floor-{rep}-{i}")).await?;
@@ -90,7 +90,13 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
                 let mut run = open_loop(&client, &mut creators, rate, secs).await;
                 let (mut lower, mut upper, lost) =
                     collect(&arrivals, &run, Duration::from_secs(15)).await;
-                missing += lost + run.errors as usize;
+                // The goal is held at the lowest rate with LISTEN; overload
+                // errors at 1,000/s (shed with 503 by design) are reported only.
+                if i == 0 && wakeup == Wakeup::Listen {
+                    goal_failures += lost + run.errors as usize;
+                }
+                lost_total += lost;
+                errors_total += run.errors as usize;
                 let (Some(lower), Some(upper), Some(http)) = (
                     Latency::of(&mut lower),
                     Latency::of(&mut upper),
@@ -99,7 +105,7 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
                     anyhow::bail!("no events arrived at {rate}/s ({wakeup:?})");
                 };
                 println!(
-                    "  rep {} {wakeup:?} @{rate}/s: p50 {:.1}–{:.1} ms, p99 {:.1}–{:.1} ms, max {:.1} ms; HTTP p50 {:.1} / p99 {:.1} ms ({} events)",
+                    "  rep {} {wakeup:?} @{rate}/s: p50 {:.1}–{:.1} ms, p99 {:.1}–{:.1} ms, max {:.1} ms; HTTP p50 {:.1} / p99 {:.1} ms ({} events, {} HTTP errors, {} lost)",
                     rep + 1,
                     ms(lower.p50),
                     ms(upper.p50),
@@ -108,7 +114,9 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
                     ms(lower.max),
                     ms(http.p50),
                     ms(http.p99),
-                    lower.samples
+                    lower.samples,
+                    run.errors,
+                    lost,
                 );
                 results
                     .entry((wakeup, i))
@@ -165,7 +173,7 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
         if i == 0 {
             figure = figure.goal(
                 "p50 ≤ 5 ms, p99 ≤ 25 ms",
-                p50 <= 5.0 && p99 <= 25.0 && missing == 0,
+                p50 <= 5.0 && p99 <= 25.0 && goal_failures == 0,
             );
         }
         ctx.report.push(figure);
@@ -194,7 +202,9 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
          fetch.wait.max.ms={FETCH_WAIT_MS}, polled on its own thread. Floor: an rdkafka producer \
          with the relay's settings sending one record at a time at the same rate straight to the \
          broker, send → consumer receipt. Poll-only relay: default \
-         RELAY_POLL_INTERVAL=1s. Events missing or failed: {missing}.",
+         RELAY_POLL_INTERVAL=1s. Commands that failed over HTTP (shed or timed out; they \
+         count against the goal only at 200/s with LISTEN): {errors_total}. Events the API \
+         accepted that never reached the consumer: {lost_total}.",
         plan.latency_secs, plan.latency_reps,
     ));
     Ok(())
