@@ -145,6 +145,11 @@ impl Spent {
             .map_or(Duration::ZERO, |(_, d)| *d)
     }
 
+    /// The parts' names, in the order they were metered.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.0.iter().map(|(name, _)| *name).collect()
+    }
+
     pub fn total(&self) -> Duration {
         self.0.iter().map(|(_, d)| *d).sum()
     }

@@ -62,8 +62,8 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
         );
         println!(
             "    CPU ms per 1,000 events: relay leg {}; raw leg {}",
-            cpu_summary(&relay_legs[rep..=rep], &[RELAY, POSTGRES, BROKER]),
-            cpu_summary(&raw_legs[rep..=rep], &[PRODUCER, POSTGRES, BROKER]),
+            cpu_summary(&relay_legs[rep..=rep]),
+            cpu_summary(&raw_legs[rep..=rep]),
         );
     }
 
@@ -98,8 +98,8 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
         bytes / records.len().max(1),
         ctx.plan.drain_reps,
         list(&ratios(&relay_rates, &raw_rates)),
-        cpu_summary(&relay_legs, &[RELAY, POSTGRES, BROKER]),
-        cpu_summary(&raw_legs, &[PRODUCER, POSTGRES, BROKER]),
+        cpu_summary(&relay_legs),
+        cpu_summary(&raw_legs),
     ));
     Ok(())
 }
@@ -171,11 +171,7 @@ async fn relay_drain(
             .map(|p| (Instant::now(), p))
     })
     .await?;
-    let meter = Meter::start(&[
-        (RELAY, Source::Pid(relay.pid())),
-        (BROKER, Source::Pid(broker_pid(broker)?)),
-        (POSTGRES, Source::Postgres),
-    ]);
+    let meter = leg_meter(RELAY, relay.pid(), broker)?;
     testkit::eventually(timeout, "the relay to drain the backlog", || async {
         (db.checkpoint(&name).await.ok().flatten()? >= last).then_some(())
     })
@@ -212,11 +208,7 @@ async fn raw_produce(broker: &Broker, records: &[RecordParts]) -> anyhow::Result
         .map_err(|(err, _)| err)
         .context("raw producer warm-up")?;
 
-    let meter = Meter::start(&[
-        (PRODUCER, Source::Pid(std::process::id())),
-        (BROKER, Source::Pid(broker_pid(broker)?)),
-        (POSTGRES, Source::Postgres),
-    ]);
+    let meter = leg_meter(PRODUCER, std::process::id(), broker)?;
     let started = Instant::now();
     let mut pending = FuturesUnordered::new();
     let mut failed = 0u64;
@@ -254,8 +246,15 @@ async fn raw_produce(broker: &Broker, records: &[RecordParts]) -> anyhow::Result
     })
 }
 
-fn broker_pid(broker: &Broker) -> anyhow::Result<u32> {
-    broker.pid().context("the broker is not running")
+/// Starts metering a leg: the process that produces (`producer`, `pid`),
+/// Postgres and the broker, which [`cpu_summary`] reports in that order.
+fn leg_meter(producer: &'static str, pid: u32, broker: &Broker) -> anyhow::Result<Meter> {
+    let broker_pid = broker.pid().context("the broker is not running")?;
+    Ok(Meter::start(&[
+        (producer, Source::Pid(pid)),
+        (POSTGRES, Source::Postgres),
+        (BROKER, Source::Pid(broker_pid)),
+    ]))
 }
 
 const RELAY: &str = "relay";
@@ -287,9 +286,10 @@ impl Leg {
     }
 }
 
-/// "relay 1.2, broker 3.4, Postgres 0.8; 5.4 in all, 1.7 cores busy": medians
+/// "relay 1.2, Postgres 0.8, broker 3.4; 5.4 in all, 1.7 cores busy": medians
 /// over the repetitions of CPU ms per 1,000 events.
-fn cpu_summary(legs: &[Leg], parts: &[&str]) -> String {
+fn cpu_summary(legs: &[Leg]) -> String {
+    let parts = legs.first().map(|l| l.spent.names()).unwrap_or_default();
     let per_part = parts
         .iter()
         .map(|part| {
