@@ -2,23 +2,25 @@
 //! bench (`bench/`) both stand on. Errors are `anyhow`; the tests wrap the
 //! calls to panic, the bench propagates them.
 //!
-//! - [`broker`]: a Tansu broker (Kafka-compatible) on a free port, and where
-//!   its binary is ([`tansu_bin`]).
+//! - [`kafka`]: Apache Kafka: the shared broker, and nodes of our own (one
+//!   to break, three for a cluster, optionally behind `SASL_SSL`).
+//! - [`tls`]: a CA and server certificate generated for a test.
 //! - [`process`]: a child process logging to a file, killed when dropped;
 //!   [`signal`] through kill(1).
 //! - [`http`]: `GET` on a child's HTTP port, and the samples of a Prometheus
 //!   `/metrics` body.
 //! - [`eventually`] and [`free_port`], below.
 
-pub mod broker;
 pub mod http;
+pub mod kafka;
 pub mod process;
+pub mod tls;
 
 use std::future::Future;
 use std::net::TcpListener;
 use std::time::Duration;
 
-pub use broker::{tansu_bin, Broker, Storage};
+pub use kafka::{Cluster, ClusterOptions};
 pub use process::{signal, Process};
 
 /// A port nobody listens on right now (127.0.0.1 only).

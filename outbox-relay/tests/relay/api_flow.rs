@@ -12,8 +12,8 @@ use uuid::Uuid;
 use crate::harness::api::Api;
 use crate::harness::process::RelayEnv;
 use crate::harness::writes::all_event_ids;
-use crate::harness::{assert_per_stream_order, broker::Storage, consumer::TopicReader, dedupe};
-use crate::harness::{Broker, RelayProcess, TestDb, TOPIC};
+use crate::harness::{assert_per_stream_order, consumer::TopicReader, dedupe};
+use crate::harness::{Broker, RelayProcess, TestDb};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -21,11 +21,10 @@ const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-
 async fn api_commands_arrive_with_key_headers_and_payload_in_order() {
     const STREAMS: usize = 25;
     let db = TestDb::new().await;
-    let broker = Broker::start(Storage::Memory).await;
-    broker.create_topic(TOPIC).await;
-    let _relay = RelayProcess::spawn(&RelayEnv::new(&db.url, &broker.bootstrap()));
+    let broker = Broker::shared().await;
+    let _relay = RelayProcess::spawn(&RelayEnv::new(&db.url, &broker));
     let api = Api::spawn(&db).await;
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let mut topic = TopicReader::new(&broker);
 
     for _ in 0..STREAMS {
         let user = api.user(&db).await;
@@ -84,7 +83,7 @@ async fn api_commands_arrive_with_key_headers_and_payload_in_order() {
         .args(["tail", "--json", "--idle-timeout", "10s"])
         .args(["--max-records", &(STREAMS * 2).to_string()])
         .env("KAFKA_BROKERS", broker.bootstrap())
-        .env("RELAY_TOPIC", TOPIC)
+        .env("RELAY_TOPIC", broker.topic())
         .output()
         .expect("run tail");
     assert!(
@@ -107,11 +106,10 @@ async fn concurrent_api_starts_and_ends_keep_each_streams_order() {
     const USERS: usize = 20;
     const CYCLES: usize = 6;
     let db = TestDb::new().await;
-    let broker = Broker::start(Storage::Memory).await;
-    broker.create_topic(TOPIC).await;
-    let _relay = RelayProcess::spawn(&RelayEnv::new(&db.url, &broker.bootstrap()));
+    let broker = Broker::shared().await;
+    let _relay = RelayProcess::spawn(&RelayEnv::new(&db.url, &broker));
     let api = std::sync::Arc::new(Api::spawn(&db).await);
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let mut topic = TopicReader::new(&broker);
 
     let mut tasks = Vec::new();
     for n in 0..USERS {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use crate::harness::api::Api;
 use crate::harness::process::RelayEnv;
 use crate::harness::writes::{all_event_ids, bulk_events};
-use crate::harness::{assert_per_stream_order, broker::Storage, consumer::TopicReader, dedupe};
-use crate::harness::{eventually, Broker, RelayProcess, TestDb, TOPIC};
+use crate::harness::{assert_per_stream_order, consumer::TopicReader, dedupe};
+use crate::harness::{eventually, Broker, RelayProcess, TestDb};
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
@@ -18,13 +18,12 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
 async fn broker_down_backs_off_and_delivers_everything_after_restart() {
     const STREAMS: usize = 500; // 1,000 events while the broker is down
     let db = TestDb::new().await;
-    let mut broker = Broker::start(Storage::Sqlite).await;
-    broker.create_topic(TOPIC).await;
+    let mut broker = Broker::own().await;
     let relay = RelayProcess::spawn(
-        &RelayEnv::new(&db.url, &broker.bootstrap()).with("RELAY_BACKOFF_MAX", "2s"),
+        &RelayEnv::new(&db.url, &broker).with("RELAY_BACKOFF_MAX", "2s"),
     );
     let api = Api::spawn(&db).await;
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let mut topic = TopicReader::new(&broker);
 
     // Baseline with the broker up, and records acknowledged before the outage.
     let mut users = Vec::new();
@@ -77,7 +76,7 @@ async fn broker_down_backs_off_and_delivers_everything_after_restart() {
     broker.start_again().await;
     let expected = all_event_ids(&db.pool).await;
     assert_eq!(expected.len(), 1_100);
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let mut topic = TopicReader::new(&broker);
     let records = topic
         .read_until_distinct(expected.len(), Duration::from_secs(60))
         .await;
@@ -98,10 +97,9 @@ async fn broker_down_backs_off_and_delivers_everything_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_while_idle_is_survived() {
     let db = TestDb::new().await;
-    let mut broker = Broker::start(Storage::Sqlite).await;
-    broker.create_topic(TOPIC).await;
-    let relay = RelayProcess::spawn(&RelayEnv::new(&db.url, &broker.bootstrap()));
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let mut broker = Broker::own().await;
+    let relay = RelayProcess::spawn(&RelayEnv::new(&db.url, &broker));
+    let mut topic = TopicReader::new(&broker);
     bulk_events(&db.pool, 10).await;
     topic.read_until_distinct(20, Duration::from_secs(20)).await;
     drop(topic);
@@ -109,7 +107,7 @@ async fn broker_restart_while_idle_is_survived() {
     broker.kill();
     broker.start_again().await;
     bulk_events(&db.pool, 10).await;
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let mut topic = TopicReader::new(&broker);
     let records = topic.read_until_distinct(40, Duration::from_secs(30)).await;
     assert_eq!(dedupe(records).len(), 40);
     assert_per_stream_order(records);
@@ -122,14 +120,13 @@ async fn broker_restart_while_idle_is_survived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_broker_times_out_attempts_then_recovers() {
     let db = TestDb::new().await;
-    let broker = Broker::start(Storage::Memory).await;
-    broker.create_topic(TOPIC).await;
+    let mut broker = Broker::own().await;
     let relay = RelayProcess::spawn(
-        &RelayEnv::new(&db.url, &broker.bootstrap())
+        &RelayEnv::new(&db.url, &broker)
             .with("RELAY_WARMUP_TIMEOUT", "1s")
             .with("RELAY_BACKOFF_MAX", "1s"),
     );
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let mut topic = TopicReader::new(&broker);
     bulk_events(&db.pool, 10).await;
     topic.read_until_distinct(20, Duration::from_secs(20)).await;
 

@@ -7,17 +7,16 @@ use sqlx::Connection as _;
 
 use crate::harness::process::RelayEnv;
 use crate::harness::writes::bulk_events;
-use crate::harness::{broker::Storage, consumer::TopicReader};
-use crate::harness::{eventually, leader_stack, Broker, LeaderStack, RelayProcess, TestDb, TOPIC};
+use crate::harness::{consumer::TopicReader};
+use crate::harness::{eventually, leader_stack, Broker, LeaderStack, RelayProcess, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_takes_over_from_a_killed_leader_without_loss() {
     let db = TestDb::new().await;
-    let broker = Broker::start(Storage::Memory).await;
-    broker.create_topic(TOPIC).await;
+    let broker = Broker::shared().await;
     const BATCH: usize = 100;
     const WINDOW: usize = 4;
-    let env = RelayEnv::new(&db.url, &broker.bootstrap())
+    let env = RelayEnv::new(&db.url, &broker)
         .with("RELAY_BATCH_SIZE", &BATCH.to_string())
         .with("RELAY_MAX_IN_FLIGHT_BATCHES", &WINDOW.to_string());
     let mut leader = RelayProcess::spawn(&env);
@@ -28,7 +27,7 @@ async fn standby_takes_over_from_a_killed_leader_without_loss() {
     standby
         .wait_for_state("standby", Duration::from_secs(15))
         .await;
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let mut topic = TopicReader::new(&broker);
 
     bulk_events(&db.pool, 1_000).await;
     topic

@@ -11,10 +11,10 @@ use uuid::Uuid;
 
 use crate::harness::consumer::{Record, TopicReader};
 use crate::harness::process::RelayEnv;
-use crate::harness::replay::{progress, replay};
+use crate::harness::replay::{progress, replay, spawn_replay};
 use crate::harness::writes::{all_event_ids, bulk_events, create_user, end_stream, start_stream};
-use crate::harness::{assert_per_stream_order, broker::Storage, eventually};
-use crate::harness::{Broker, RelayProcess, TestDb, TOPIC};
+use crate::harness::{assert_per_stream_order, eventually};
+use crate::harness::{Broker, RelayProcess, TestDb};
 
 /// Event ids (as `ce_id` text) matching a `where` clause on `event_log`.
 async fn ids_where(db: &TestDb, condition: &str) -> HashSet<String> {
@@ -55,7 +55,7 @@ async fn assert_replayed_exactly(broker: &Broker, topic: &str, expected: &HashSe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn selects_by_position_time_stream_and_type() {
     let db = TestDb::new().await;
-    let broker = Broker::start(Storage::Memory).await;
+    let broker = Broker::shared().await;
     // Three phases of 10 streams (20 events each), told apart by time.
     bulk_events(&db.pool, 10).await;
     let phase_two = now(&db).await;
@@ -82,38 +82,39 @@ async fn selects_by_position_time_stream_and_type() {
     let (from, to) = (from.to_string(), to.to_string());
     let (s1, s2) = (streams[0].to_string(), streams[1].to_string());
 
-    let cases: Vec<(&str, Vec<&str>, String)> = vec![
+    // Target topics of their own: the shared broker keeps every earlier run's.
+    let cases: Vec<(String, Vec<&str>, String)> = vec![
         (
-            "replay.positions",
+            broker.unique_topic("replay.positions"),
             vec!["--from", &from, "--to", &to],
             format!("position >= {from} and position < {to}"),
         ),
         (
-            "replay.times",
+            broker.unique_topic("replay.times"),
             vec!["--from", &t2, "--to", &t3],
             format!("occurred_at >= '{t2}' and occurred_at < '{t3}'"),
         ),
         (
-            "replay.streams",
+            broker.unique_topic("replay.streams"),
             vec!["--aggregate", &s1, "--aggregate", &s2],
             format!("aggregate_id in ('{s1}', '{s2}')"),
         ),
         (
-            "replay.types",
+            broker.unique_topic("replay.types"),
             vec!["--type", "stream.started"],
             "event_type = 'stream.started'".to_owned(),
         ),
         (
-            "replay.mixed",
+            broker.unique_topic("replay.mixed"),
             vec!["--from", &t2, "--type", "stream.ended", "--to", &to],
             format!("occurred_at >= '{t2}' and event_type = 'stream.ended' and position < {to}"),
         ),
     ];
-    let env = RelayEnv::new(&db.url, &broker.bootstrap());
+    let env = RelayEnv::new(&db.url, &broker);
     let mut runs = Vec::new();
     for (topic, flags, _) in &cases {
         broker.create_topic(topic).await;
-        let mut args = vec!["--topic", topic, "--name", topic];
+        let mut args = vec!["--topic", topic.as_str(), "--name", topic.as_str()];
         args.extend(flags);
         let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
         let env = env.clone();
@@ -141,10 +142,9 @@ async fn selects_by_position_time_stream_and_type() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_counts_and_lists_and_sends_nothing() {
     let db = TestDb::new().await;
-    let broker = Broker::start(Storage::Memory).await;
-    broker.create_topic(TOPIC).await;
+    let broker = Broker::shared().await;
     bulk_events(&db.pool, 15).await;
-    let env = RelayEnv::new(&db.url, &broker.bootstrap());
+    let env = RelayEnv::new(&db.url, &broker);
     let expected = ids_where(&db, "event_type = 'stream.ended'").await;
 
     let dry = replay(
@@ -160,7 +160,7 @@ async fn dry_run_counts_and_lists_and_sends_nothing() {
         .filter(|id| dry.stdout.contains(*id))
         .count();
     assert_eq!(listed, 15, "every event listed: {}", dry.stdout);
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let mut topic = TopicReader::new(&broker);
     assert!(
         topic.read_for(Duration::from_secs(1)).await.is_empty(),
         "a dry run sent records"
@@ -175,7 +175,7 @@ async fn dry_run_counts_and_lists_and_sends_nothing() {
     replay(&env, &["--type", "stream.ended", "--name", "dry"])
         .await
         .assert_success();
-    assert_replayed_exactly(&broker, TOPIC, &expected).await;
+    assert_replayed_exactly(&broker, broker.topic(), &expected).await;
 }
 
 /// The live relay's checkpoint row, exactly.
@@ -192,9 +192,8 @@ async fn checkpoint_row(db: &TestDb) -> Option<(i64, i64, DateTime<Utc>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_beside_the_live_relay_keeps_key_and_ce_id_and_never_moves_its_checkpoint() {
     let db = TestDb::new().await;
-    let broker = Broker::start(Storage::Memory).await;
-    broker.create_topic(TOPIC).await;
-    let env = RelayEnv::new(&db.url, &broker.bootstrap());
+    let broker = Broker::shared().await;
+    let env = RelayEnv::new(&db.url, &broker);
     let relay = RelayProcess::spawn(&env);
     // Rows written like the API does, with trace context in the headers.
     let creator = create_user(&db.pool).await;
@@ -206,7 +205,7 @@ async fn replay_beside_the_live_relay_keeps_key_and_ce_id_and_never_moves_its_ch
     }
     bulk_events(&db.pool, 100).await;
     let expected = all_event_ids(&db.pool).await;
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let mut topic = TopicReader::new(&broker);
     topic
         .read_until_distinct(expected.len(), Duration::from_secs(20))
         .await;
@@ -230,7 +229,7 @@ async fn replay_beside_the_live_relay_keeps_key_and_ce_id_and_never_moves_its_ch
 
     // Replay everything onto the live topic (the default), throttled so it
     // overlaps the relay for a while; watch the checkpoint throughout.
-    let mut replaying = RelayProcess::spawn_subcommand(&env, &["replay", "--rate", "400"]);
+    let mut replaying = spawn_replay(&env, &["--rate", "400"]).await;
     let mut watched = 0;
     let status = loop {
         if let Some(status) = replaying.try_exit() {
@@ -298,7 +297,7 @@ async fn replay_beside_the_live_relay_keeps_key_and_ce_id_and_never_moves_its_ch
     let mut tx = db.pool.begin().await.unwrap();
     start_stream(&mut tx, creator).await;
     tx.commit().await.unwrap();
-    let mut fresh = TopicReader::new(&broker.bootstrap());
+    let mut fresh = TopicReader::new(&broker);
     let all = fresh
         .read_until_distinct(expected.len() + 1, Duration::from_secs(20))
         .await;

@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use crate::harness::consumer::{Record, TopicReader};
 use crate::harness::process::RelayEnv;
-use crate::harness::replay::{progress, replay, summary_of};
+use crate::harness::replay::{progress, replay, spawn_replay, summary_of};
 use crate::harness::writes::bulk_events;
-use crate::harness::{broker::Storage, eventually};
-use crate::harness::{Broker, RelayProcess, TestDb, TOPIC};
+use crate::harness::eventually;
+use crate::harness::{Broker, RelayProcess, TestDb};
 
 /// Polls `replay_progress.sent` of `name` until the process exits; returns
 /// when each new value was first seen.
@@ -38,15 +38,13 @@ async fn watch_progress(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_throttles_the_replay() {
     let db = TestDb::new().await;
-    let broker = Broker::start(Storage::Memory).await;
-    broker.create_topic(TOPIC).await;
+    let broker = Broker::shared().await;
     bulk_events(&db.pool, 25).await;
-    let env = RelayEnv::new(&db.url, &broker.bootstrap());
+    let env = RelayEnv::new(&db.url, &broker);
 
     // 50 events at 100/s. Timed from the first acknowledged batch, as seen in
     // the progress table, so the producer's warm-up does not count.
-    let mut process =
-        RelayProcess::spawn_subcommand(&env, &["replay", "--name", "slow", "--rate", "100"]);
+    let mut process = spawn_replay(&env, &["--name", "slow", "--rate", "100"]).await;
     let seen = watch_progress(&db, "slow", &mut process).await;
     let log = process.log_text();
     assert_eq!(summary_of(&log), (50, 0), "{log}");
@@ -67,7 +65,7 @@ async fn rate_throttles_the_replay() {
         "far slower than 100/s: {spread:?}"
     );
     assert!(seen.len() >= 4, "not spread over batches: {seen:?}");
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let mut topic = TopicReader::new(&broker);
     assert_eq!(
         topic
             .read_until_distinct(50, Duration::from_secs(10))
@@ -82,10 +80,9 @@ async fn interrupted_replay_resumes_without_gaps() {
     const EVENTS: i64 = 400;
     const RATE_BATCH: i64 = 40; // --rate 400: a tenth of a second's worth per batch
     let db = TestDb::new().await;
-    let broker = Broker::start(Storage::Memory).await;
-    broker.create_topic(TOPIC).await;
+    let broker = Broker::shared().await;
     bulk_events(&db.pool, EVENTS / 2).await;
-    let env = RelayEnv::new(&db.url, &broker.bootstrap());
+    let env = RelayEnv::new(&db.url, &broker);
     let args = ["replay", "--name", "bootstrap", "--rate", "400"];
     let resume = ["replay", "--name", "bootstrap", "--resume", "--rate", "400"];
     let progressed = |past: i64| {
@@ -101,7 +98,7 @@ async fn interrupted_replay_resumes_without_gaps() {
     };
 
     // SIGKILL mid-way: no goodbye, the progress row is all that is left.
-    let mut first = RelayProcess::spawn_subcommand(&env, &args);
+    let mut first = spawn_replay(&env, &args[1..]).await;
     progressed(2 * RATE_BATCH).await;
     first.sigkill();
     // Its session (and the replay's lock) ends once Postgres sees the socket close.
@@ -168,7 +165,7 @@ async fn interrupted_replay_resumes_without_gaps() {
     );
 
     // Every event is on the topic; only the killed run's last batch may repeat.
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let mut topic = TopicReader::new(&broker);
     let (records, committed) = topic
         .read_every_committed_event(&db.pool, Duration::from_secs(20))
         .await;

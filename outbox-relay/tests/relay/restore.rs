@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::harness::process::RelayEnv;
 use crate::harness::writes::bulk_events;
-use crate::harness::{broker::Storage, consumer::TopicReader};
-use crate::harness::{Broker, RelayProcess, TestDb, TOPIC};
+use crate::harness::{consumer::TopicReader};
+use crate::harness::{Broker, RelayProcess, TestDb};
 
 fn reset_checkpoint(db: &TestDb, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
@@ -64,8 +64,7 @@ async fn assert_refusing(relay: &RelayProcess, topic: &mut TopicReader, command:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_ahead_of_the_cluster_is_refused_until_reset() {
     let db = TestDb::new().await;
-    let broker = Broker::start(Storage::Memory).await;
-    broker.create_topic(TOPIC).await;
+    let broker = Broker::shared().await;
     bulk_events(&db.pool, 10).await;
     // What a logical restore leaves behind: a checkpoint txid this cluster has not reached.
     sqlx::query(
@@ -77,8 +76,8 @@ async fn checkpoint_ahead_of_the_cluster_is_refused_until_reset() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let relay = RelayProcess::spawn(&RelayEnv::new(&db.url, &broker.bootstrap()));
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let relay = RelayProcess::spawn(&RelayEnv::new(&db.url, &broker));
+    let mut topic = TopicReader::new(&broker);
     assert_refusing(
         &relay,
         &mut topic,
@@ -99,10 +98,9 @@ async fn checkpoint_ahead_of_the_cluster_is_refused_until_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_system_identifier_is_refused_until_adopted() {
     let db = TestDb::new().await;
-    let broker = Broker::start(Storage::Memory).await;
-    broker.create_topic(TOPIC).await;
-    let env = RelayEnv::new(&db.url, &broker.bootstrap());
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let broker = Broker::shared().await;
+    let env = RelayEnv::new(&db.url, &broker);
+    let mut topic = TopicReader::new(&broker);
     bulk_events(&db.pool, 5).await;
     let mut relay = RelayProcess::spawn(&env);
     topic.read_until_distinct(10, Duration::from_secs(20)).await;

@@ -8,8 +8,8 @@ use rand::Rng as _;
 
 use crate::harness::process::RelayEnv;
 use crate::harness::writes::bulk_events;
-use crate::harness::{assert_per_stream_order, broker::Storage, consumer::TopicReader};
-use crate::harness::{eventually, Broker, RelayProcess, TestDb, TOPIC};
+use crate::harness::{assert_per_stream_order, consumer::TopicReader};
+use crate::harness::{eventually, Broker, RelayProcess, TestDb};
 
 /// Events at or below the stored checkpoint, in the relay's order.
 async fn events_covered_by_checkpoint(db: &TestDb) -> i64 {
@@ -25,10 +25,9 @@ async fn events_covered_by_checkpoint(db: &TestDb) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_drain_flushes_the_batch_and_checkpoints_it() {
     let db = TestDb::new().await;
-    let broker = Broker::start(Storage::Memory).await;
-    broker.create_topic(TOPIC).await;
+    let broker = Broker::shared().await;
     bulk_events(&db.pool, 5_000).await;
-    let env = RelayEnv::new(&db.url, &broker.bootstrap()).with("RELAY_BATCH_SIZE", "100");
+    let env = RelayEnv::new(&db.url, &broker).with("RELAY_BATCH_SIZE", "100");
     let mut relay = RelayProcess::spawn(&env);
     eventually(Duration::from_secs(20), "relay draining", || async {
         (relay.metric("outbox_relay_events_published_total").await > 0.0).then_some(())
@@ -43,7 +42,7 @@ async fn sigterm_mid_drain_flushes_the_batch_and_checkpoints_it() {
     );
 
     // Everything on the topic is covered by the checkpoint, and vice versa.
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let mut topic = TopicReader::new(&broker);
     let published = topic.read_for(Duration::from_secs(2)).await.len() as i64;
     assert!(
         published > 0 && published < 10_000,
@@ -67,9 +66,8 @@ async fn repeated_sigkill_while_draining_loses_nothing() {
     const BATCH: usize = 50;
     const WINDOW: usize = 4;
     let db = TestDb::new().await;
-    let broker = Broker::start(Storage::Memory).await;
-    broker.create_topic(TOPIC).await;
-    let env = RelayEnv::new(&db.url, &broker.bootstrap())
+    let broker = Broker::shared().await;
+    let env = RelayEnv::new(&db.url, &broker)
         .with("RELAY_BATCH_SIZE", &BATCH.to_string())
         .with("RELAY_MAX_IN_FLIGHT_BATCHES", &WINDOW.to_string());
 
@@ -101,7 +99,7 @@ async fn repeated_sigkill_while_draining_loses_nothing() {
         covered_before = covered;
     }
     let _relay = RelayProcess::spawn(&env);
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let mut topic = TopicReader::new(&broker);
     let (records, committed) = topic
         .read_every_committed_event(&db.pool, Duration::from_secs(120))
         .await;

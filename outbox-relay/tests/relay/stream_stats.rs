@@ -20,8 +20,8 @@ use crate::harness::api::Api;
 use crate::harness::consumer::TopicReader;
 use crate::harness::process::RelayEnv;
 use crate::harness::replay::replay;
-use crate::harness::{broker::Storage, eventually};
-use crate::harness::{Broker, RelayProcess, TestDb, TOPIC};
+use crate::harness::{eventually};
+use crate::harness::{Broker, RelayProcess, TestDb};
 
 /// `stream_stats::consumer::run` on a task, as the binary runs it.
 struct StatsConsumer {
@@ -31,11 +31,11 @@ struct StatsConsumer {
 }
 
 impl StatsConsumer {
-    fn start(stats: &TestDb, brokers: &str) -> Self {
+    fn start(stats: &TestDb, broker: &Broker) -> Self {
         let settings = Settings {
             database_url: stats.url.clone(),
-            brokers: brokers.to_owned(),
-            topic: TOPIC.to_owned(),
+            brokers: broker.bootstrap(),
+            topic: broker.topic().to_owned(),
             group: "stream-stats".to_owned(),
             kafka_config: Vec::new(),
         };
@@ -219,7 +219,7 @@ async fn assert_topic_matches_the_schemas(broker: &Broker, events: usize) {
         .into_iter()
         .map(|t| (t, schema(t)))
         .collect();
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let mut topic = TopicReader::new(&broker);
     let records = topic
         .read_until_distinct(events, Duration::from_secs(20))
         .await;
@@ -253,12 +253,11 @@ struct Setup {
     api: Arc<Api>,
 }
 
-async fn setup(storage: Storage) -> Setup {
+async fn setup() -> Setup {
     let db = TestDb::new().await;
     let stats = TestDb::with_migrator(&stream_stats::MIGRATOR).await;
-    let broker = Broker::start(storage).await;
-    broker.create_topic(TOPIC).await;
-    let relay = RelayProcess::spawn(&RelayEnv::new(&db.url, &broker.bootstrap()));
+    let broker = Broker::shared().await;
+    let relay = RelayProcess::spawn(&RelayEnv::new(&db.url, &broker));
     let api = Arc::new(Api::spawn(&db).await);
     Setup {
         db,
@@ -278,8 +277,8 @@ async fn state_matches_the_service_and_a_full_replay_changes_nothing() {
         broker,
         api,
         relay: _relay,
-    } = setup(Storage::Memory).await;
-    let consumer = StatsConsumer::start(&stats, &broker.bootstrap());
+    } = setup().await;
+    let consumer = StatsConsumer::start(&stats, &broker);
     let users = api.users(&db, 8).await;
     api.clone().random_workload(users, 4).await;
     let before = converged(&db, &stats).await;
@@ -290,7 +289,7 @@ async fn state_matches_the_service_and_a_full_replay_changes_nothing() {
 
     // Everything again, onto the topic the consumer reads.
     let run = replay(
-        &RelayEnv::new(&db.url, &broker.bootstrap()),
+        &RelayEnv::new(&db.url, &broker),
         &["--name", "everything"],
     )
     .await;
@@ -321,9 +320,6 @@ async fn state_matches_the_service_and_a_full_replay_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_stream_and_restarted_converges() {
     const KILLS: usize = 3;
-    // Not `memory://`: there Tansu 0.6.0 answers a fetch that starts inside a
-    // record batch with nothing from that batch, so a restarted group member
-    // whose committed offset is mid-batch would skip records (harness/broker.rs).
     // `relay` is bound so it lives to the end of the test (`..` would drop it).
     let Setup {
         db,
@@ -331,8 +327,8 @@ async fn killed_mid_stream_and_restarted_converges() {
         broker,
         api,
         relay: _relay,
-    } = setup(Storage::Sqlite).await;
-    let mut consumer = StatsConsumer::start(&stats, &broker.bootstrap());
+    } = setup().await;
+    let mut consumer = StatsConsumer::start(&stats, &broker);
     let users = api.users(&db, 10).await;
     let writer = tokio::spawn(api.clone().random_workload(users, 24));
 
@@ -352,7 +348,7 @@ async fn killed_mid_stream_and_restarted_converges() {
         tokio::time::sleep(Duration::from_millis(rand::rng().random_range(0..30))).await;
         consumer.kill().await;
         applied_at_kill.push(applied);
-        consumer = StatsConsumer::start(&stats, &broker.bootstrap());
+        consumer = StatsConsumer::start(&stats, &broker);
     }
     writer.await.expect("workload");
     let events = event_count(&db).await;

@@ -5,22 +5,21 @@ use std::time::Duration;
 
 use crate::harness::process::RelayEnv;
 use crate::harness::writes::bulk_events;
-use crate::harness::{broker::Storage, consumer::TopicReader};
-use crate::harness::{eventually, Broker, RelayProcess, TestDb, TOPIC};
+use crate::harness::{consumer::TopicReader};
+use crate::harness::{eventually, Broker, RelayProcess, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_drive_publishing_and_survive_a_dropped_listener() {
     let db = TestDb::new().await;
-    let broker = Broker::start(Storage::Memory).await;
-    broker.create_topic(TOPIC).await;
+    let broker = Broker::shared().await;
     // A poll this slow cannot explain any delivery below.
     let relay = RelayProcess::spawn(
-        &RelayEnv::new(&db.url, &broker.bootstrap()).with("RELAY_POLL_INTERVAL", "60s"),
+        &RelayEnv::new(&db.url, &broker).with("RELAY_POLL_INTERVAL", "60s"),
     );
     relay
         .wait_for_state("leader", Duration::from_secs(15))
         .await;
-    let mut topic = TopicReader::new(&broker.bootstrap());
+    let mut topic = TopicReader::new(&broker);
 
     // Warm the producer up, then measure.
     bulk_events(&db.pool, 1).await;

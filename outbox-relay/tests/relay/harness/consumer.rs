@@ -7,7 +7,7 @@ use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::{PARTITIONS, TOPIC};
+use super::{Broker, PARTITIONS};
 
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -43,9 +43,9 @@ pub struct TopicReader {
 }
 
 impl TopicReader {
-    /// Reads the live topic, [`TOPIC`].
-    pub fn new(brokers: &str) -> Self {
-        Self::for_topic(brokers, TOPIC)
+    /// Reads the test's topic.
+    pub fn new(broker: &Broker) -> Self {
+        Self::for_topic(&broker.bootstrap(), broker.topic())
     }
 
     pub fn for_topic(brokers: &str, topic: &str) -> Self {

@@ -1,5 +1,5 @@
-//! Test harness: a fresh database per test, a Tansu broker per test on a free
-//! port, relay processes (the real binary, `run` and `replay`), an rdkafka
+//! Test harness: a fresh database per test, a Kafka topic per test (on the
+//! shared broker, or on nodes of the test's own), relay processes (the real binary, `run` and `replay`), an rdkafka
 //! consumer, the service in-process, and the service's writes done in SQL.
 //! The broker, child processes and waiting are the workspace's `testkit`
 //! (shared with the bench), wrapped here to panic.
@@ -20,12 +20,11 @@ pub use consumer::{assert_per_stream_order, dedupe};
 pub use db::TestDb;
 pub use process::RelayProcess;
 
-/// Default topic in tests, three partitions so keys spread.
-pub const TOPIC: &str = "nova.stream-events";
+/// Partitions of every test topic: three, so keys spread.
 pub const PARTITIONS: i32 = 3;
 
-/// The usual cast of a relay test: a fresh database, a `memory://` broker with
-/// the topic, one relay on default settings that has become leader, and a
+/// The usual cast of a relay test: a fresh database, a topic on the shared
+/// broker, one relay on default settings that has become leader, and a
 /// reader of the topic. Destructure in field order, so locals drop as before
 /// (reader, relay, broker, database).
 pub struct LeaderStack {
@@ -37,13 +36,12 @@ pub struct LeaderStack {
 
 pub async fn leader_stack() -> LeaderStack {
     let db = TestDb::new().await;
-    let broker = Broker::start(broker::Storage::Memory).await;
-    broker.create_topic(TOPIC).await;
-    let relay = RelayProcess::spawn(&process::RelayEnv::new(&db.url, &broker.bootstrap()));
+    let broker = Broker::shared().await;
+    let relay = RelayProcess::spawn(&process::RelayEnv::new(&db.url, &broker));
     relay
         .wait_for_state("leader", Duration::from_secs(15))
         .await;
-    let topic = consumer::TopicReader::new(&broker.bootstrap());
+    let topic = consumer::TopicReader::new(&broker);
     LeaderStack {
         db,
         broker,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use testkit::{free_port, Process};
 
-use super::{scratch_dir, TOPIC};
+use super::{scratch_dir, Broker};
 
 pub struct RelayProcess {
     pub http: String,
@@ -21,15 +21,18 @@ pub struct RelayProcess {
 pub struct RelayEnv {
     pub database_url: String,
     pub brokers: String,
+    pub topic: String,
     pub relay_name: String,
     pub extra: Vec<(String, String)>,
 }
 
 impl RelayEnv {
-    pub fn new(database_url: &str, brokers: &str) -> Self {
+    /// The defaults, publishing to `broker`'s topic.
+    pub fn new(database_url: &str, broker: &Broker) -> Self {
         Self {
             database_url: database_url.to_owned(),
-            brokers: brokers.to_owned(),
+            brokers: broker.bootstrap(),
+            topic: broker.topic().to_owned(),
             relay_name: "default".to_owned(),
             extra: Vec::new(),
         }
@@ -58,7 +61,7 @@ impl RelayProcess {
             .env("DATABASE_URL", &env.database_url)
             .env("KAFKA_BROKERS", &env.brokers)
             .env("RELAY_NAME", &env.relay_name)
-            .env("RELAY_TOPIC", TOPIC)
+            .env("RELAY_TOPIC", &env.topic)
             .env("RELAY_HTTP_ADDR", &http)
             .env("RUST_LOG", "info,librdkafka=warn");
         for (key, value) in &env.extra {

@@ -4,8 +4,11 @@
 use std::ffi::OsStr;
 use std::process::ExitStatus;
 
+use sqlx::Connection as _;
+
 use super::process::RelayEnv;
-use super::{TestDb, TOPIC};
+use super::RelayProcess;
+use super::TestDb;
 
 pub struct ReplayRun {
     pub status: ExitStatus,
@@ -55,14 +58,49 @@ fn number_after(text: &str, label: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Runs `outbox-relay replay ARGS` to the end; the target topic defaults to [`TOPIC`].
+/// Waits until every logged event's transaction is below the horizon a replay
+/// would fix now. Tests share one Postgres server, and its horizon is the
+/// server's: another test's open transaction (gap_safety holds some on
+/// purpose) would otherwise leave this test's newest events out of the slice.
+pub async fn wait_for_horizon(database_url: &str) {
+    let mut conn = sqlx::PgConnection::connect(database_url)
+        .await
+        .expect("connect");
+    super::eventually(
+        std::time::Duration::from_secs(60),
+        "the horizon to pass the logged events",
+        || async {
+            sqlx::query_scalar::<_, bool>(
+                "select coalesce(max(txid) < pg_snapshot_xmin(pg_current_snapshot()), true)
+                 from event_log",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .expect("read the horizon")
+            .then_some(())
+        },
+    )
+    .await;
+}
+
+/// `outbox-relay replay ARGS` as a process to interrupt, started once the
+/// horizon has passed every logged event (see [`wait_for_horizon`]).
+pub async fn spawn_replay(env: &RelayEnv, args: &[&str]) -> RelayProcess {
+    wait_for_horizon(&env.database_url).await;
+    let args: Vec<&str> = std::iter::once("replay").chain(args.iter().copied()).collect();
+    RelayProcess::spawn_subcommand(env, &args)
+}
+
+/// Runs `outbox-relay replay ARGS` to the end, once the horizon has passed
+/// every logged event; the target topic defaults to the env's.
 pub async fn replay<S: AsRef<OsStr>>(env: &RelayEnv, args: &[S]) -> ReplayRun {
+    wait_for_horizon(&env.database_url).await;
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
         .arg("replay")
         .args(args)
         .env("DATABASE_URL", &env.database_url)
         .env("KAFKA_BROKERS", &env.brokers)
-        .env("RELAY_TOPIC", TOPIC)
+        .env("RELAY_TOPIC", &env.topic)
         .env("RUST_LOG", "info,librdkafka=warn")
         .envs(env.extra.iter().map(|(k, v)| (k, v)))
         .output()
