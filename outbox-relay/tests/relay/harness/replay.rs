@@ -66,21 +66,24 @@ pub async fn wait_for_horizon(database_url: &str) {
     let mut conn = sqlx::PgConnection::connect(database_url)
         .await
         .expect("connect");
-    super::eventually(
-        std::time::Duration::from_secs(60),
-        "the horizon to pass the logged events",
-        || async {
-            sqlx::query_scalar::<_, bool>(
-                "select coalesce(max(txid) < pg_snapshot_xmin(pg_current_snapshot()), true)
-                 from event_log",
-            )
-            .fetch_one(&mut conn)
-            .await
-            .expect("read the horizon")
-            .then_some(())
-        },
-    )
-    .await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let passed: bool = sqlx::query_scalar(
+            "select coalesce(max(txid) < pg_snapshot_xmin(pg_current_snapshot()), true)
+             from event_log",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("read the horizon");
+        if passed {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the horizon did not pass the logged events within 60 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// `outbox-relay replay ARGS` as a process to interrupt, started once the
