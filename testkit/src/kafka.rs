@@ -37,8 +37,12 @@ pub fn kafka_libs() -> PathBuf {
     }
     let cache = std::env::var_os("NOVA_CACHE_DIR")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("nova-streaming")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/nova-streaming")))
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("nova-streaming"))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/nova-streaming"))
+        })
         .unwrap_or_else(|| PathBuf::from(".cache/nova-streaming"));
     cache.join(format!("kafka-{KAFKA_VERSION}/libs"))
 }
@@ -48,12 +52,14 @@ pub fn kafka_libs() -> PathBuf {
 pub async fn shared_bootstrap() -> anyhow::Result<String> {
     let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
     let first = brokers.split(',').next().unwrap_or_default().to_owned();
-    tokio::net::TcpStream::connect(&first).await.with_context(|| {
-        format!(
-            "no Kafka broker at {first} (KAFKA_BROKERS): run the tests with \
+    tokio::net::TcpStream::connect(&first)
+        .await
+        .with_context(|| {
+            format!(
+                "no Kafka broker at {first} (KAFKA_BROKERS): run the tests with \
              deploy/local/test, which starts one"
-        )
-    })?;
+            )
+        })?;
     Ok(brokers)
 }
 
@@ -157,7 +163,10 @@ impl Node {
     fn properties(&self, voters: &str, replication: usize, sasl_ssl: Option<&SaslSsl>) -> String {
         let mut props = SERVER_PROPERTIES.to_owned();
         let (mut listeners, mut advertised) = (
-            format!("PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}", self.port, self.controller_port),
+            format!(
+                "PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
+                self.port, self.controller_port
+            ),
             format!("PLAINTEXT://127.0.0.1:{}", self.port),
         );
         if let (Some(port), Some(sasl)) = (self.sasl_ssl_port, sasl_ssl) {
@@ -218,11 +227,7 @@ impl Node {
                 return Ok(());
             }
             if !self.is_running() {
-                anyhow::bail!(
-                    "Kafka node {} exited; see {}",
-                    self.id,
-                    self.dir.display()
-                );
+                anyhow::bail!("Kafka node {} exited; see {}", self.id, self.dir.display());
             }
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
@@ -240,7 +245,10 @@ fn java(dir: &Path, heap: &str) -> Command {
     let mut command = Command::new("java");
     command
         .arg(format!("-Xmx{heap}"))
-        .arg(format!("-Dlog4j2.configurationFile={}", dir.join("log4j2.yaml").display()))
+        .arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            dir.join("log4j2.yaml").display()
+        ))
         .arg("-cp")
         .arg(format!("{}/*", kafka_libs().display()))
         .current_dir(dir);
@@ -248,7 +256,11 @@ fn java(dir: &Path, heap: &str) -> Command {
 }
 
 /// Formats the KRaft storage `dir/server.properties` names, with SCRAM users.
-fn format_storage(dir: &Path, cluster_id: &str, scram_users: &[(String, String)]) -> anyhow::Result<()> {
+fn format_storage(
+    dir: &Path,
+    cluster_id: &str,
+    scram_users: &[(String, String)],
+) -> anyhow::Result<()> {
     let mut command = java(dir, "256m");
     command
         .args(["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c"])
@@ -316,7 +328,11 @@ impl Cluster {
             std::fs::write(node.dir.join("log4j2.yaml"), LOG4J2)?;
             let dir = node.dir.clone();
             let cluster_id = cluster_id.clone();
-            let users = options.sasl_ssl.as_ref().map(|s| s.users.clone()).unwrap_or_default();
+            let users = options
+                .sasl_ssl
+                .as_ref()
+                .map(|s| s.users.clone())
+                .unwrap_or_default();
             formats.push(tokio::task::spawn_blocking(move || {
                 format_storage(&dir, &cluster_id, &users)
             }));
@@ -458,26 +474,34 @@ pub async fn create_topic(
         result.map_err(|(topic, err)| anyhow::anyhow!("creating {topic}: {err}"))?;
     }
     // Produce requests fail until every partition has a leader.
-    crate::eventually(Duration::from_secs(30), "the topic's partition leaders", || {
-        let (bootstrap, name) = (bootstrap.to_owned(), name.to_owned());
-        async move {
-            tokio::task::spawn_blocking(move || {
-                (0..partitions)
-                    .map(|p| partition_leader(&bootstrap, &name, p).ok().flatten())
-                    .collect::<Option<Vec<_>>>()
-            })
-            .await
-            .ok()
-            .flatten()
-        }
-    })
+    crate::eventually(
+        Duration::from_secs(30),
+        "the topic's partition leaders",
+        || {
+            let (bootstrap, name) = (bootstrap.to_owned(), name.to_owned());
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    (0..partitions)
+                        .map(|p| partition_leader(&bootstrap, &name, p).ok().flatten())
+                        .collect::<Option<Vec<_>>>()
+                })
+                .await
+                .ok()
+                .flatten()
+            }
+        },
+    )
     .await
     .map(|_| ())
 }
 
 /// The broker id leading `topic`'s `partition`, `None` while it has none.
 /// Blocking: a metadata request.
-pub fn partition_leader(bootstrap: &str, topic: &str, partition: i32) -> anyhow::Result<Option<u32>> {
+pub fn partition_leader(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+) -> anyhow::Result<Option<u32>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
@@ -489,4 +513,19 @@ pub fn partition_leader(bootstrap: &str, topic: &str, partition: i32) -> anyhow:
         .map(|p| p.leader())
         .filter(|leader| *leader >= 0);
     Ok(leader.map(|l| l as u32))
+}
+
+/// Whether every partition of `topic` has all `replicas` in sync. Blocking: a
+/// metadata request.
+pub fn fully_replicated(bootstrap: &str, topic: &str, replicas: usize) -> anyhow::Result<bool> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    let topic = metadata.topics().first().context("no such topic")?;
+    Ok(!topic.partitions().is_empty()
+        && topic
+            .partitions()
+            .iter()
+            .all(|p| p.leader() >= 0 && p.isr().len() >= replicas))
 }

@@ -30,7 +30,8 @@ impl TestPki {
     pub fn generate(dir: &Path) -> anyhow::Result<Self> {
         let authority = ca("nova test CA")?;
         let stranger = ca("some other CA")?;
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
         params.distinguished_name.push(DnType::CommonName, "kafka");
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &authority)?;

@@ -19,9 +19,8 @@ async fn broker_down_backs_off_and_delivers_everything_after_restart() {
     const STREAMS: usize = 500; // 1,000 events while the broker is down
     let db = TestDb::new().await;
     let mut broker = Broker::own().await;
-    let relay = RelayProcess::spawn(
-        &RelayEnv::new(&db.url, &broker).with("RELAY_BACKOFF_MAX", "2s"),
-    );
+    let relay =
+        RelayProcess::spawn(&RelayEnv::new(&db.url, &broker).with("RELAY_BACKOFF_MAX", "2s"));
     let api = Api::spawn(&db).await;
     let mut topic = TopicReader::new(&broker);
 

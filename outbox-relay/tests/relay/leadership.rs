@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection as _;
 
+use crate::harness::consumer::TopicReader;
 use crate::harness::process::RelayEnv;
 use crate::harness::writes::bulk_events;
-use crate::harness::{consumer::TopicReader};
 use crate::harness::{eventually, leader_stack, Broker, LeaderStack, RelayProcess, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

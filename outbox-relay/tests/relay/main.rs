@@ -1,10 +1,12 @@
-//! Relay integration tests: real Postgres, a real Tansu broker per test, the
-//! real `outbox-relay` binary. One binary, one module per guarantee.
+//! Relay integration tests: real Postgres, Apache Kafka (a topic per test on
+//! the shared broker, or brokers of the test's own to break), the real
+//! `outbox-relay` binary. One binary, one module per guarantee.
 
 mod harness;
 
 mod api_flow;
 mod broker_outage;
+mod cluster;
 mod gap_safety;
 mod leadership;
 mod query_plans;

@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::consumer::{Record, TopicReader};
+use crate::harness::eventually;
 use crate::harness::process::RelayEnv;
 use crate::harness::replay::{progress, replay, spawn_replay, summary_of};
 use crate::harness::writes::bulk_events;
-use crate::harness::eventually;
 use crate::harness::{Broker, RelayProcess, TestDb};
 
 /// Polls `replay_progress.sent` of `name` until the process exits; returns

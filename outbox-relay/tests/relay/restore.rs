@@ -5,9 +5,9 @@
 use std::process::Command;
 use std::time::Duration;
 
+use crate::harness::consumer::TopicReader;
 use crate::harness::process::RelayEnv;
 use crate::harness::writes::bulk_events;
-use crate::harness::{consumer::TopicReader};
 use crate::harness::{Broker, RelayProcess, TestDb};
 
 fn reset_checkpoint(db: &TestDb, args: &[&str]) -> std::process::Output {

@@ -18,9 +18,9 @@ use uuid::Uuid;
 
 use crate::harness::api::Api;
 use crate::harness::consumer::TopicReader;
+use crate::harness::eventually;
 use crate::harness::process::RelayEnv;
 use crate::harness::replay::replay;
-use crate::harness::{eventually};
 use crate::harness::{Broker, RelayProcess, TestDb};
 
 /// `stream_stats::consumer::run` on a task, as the binary runs it.
@@ -288,11 +288,7 @@ async fn state_matches_the_service_and_a_full_replay_changes_nothing() {
     assert_eq!(consumer.progress().applied, events as u64);
 
     // Everything again, onto the topic the consumer reads.
-    let run = replay(
-        &RelayEnv::new(&db.url, &broker),
-        &["--name", "everything"],
-    )
-    .await;
+    let run = replay(&RelayEnv::new(&db.url, &broker), &["--name", "everything"]).await;
     run.assert_success();
     assert_eq!(run.summary().0, events as u64);
     eventually(Duration::from_secs(30), "the replay consumed", || async {

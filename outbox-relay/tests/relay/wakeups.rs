@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use crate::harness::consumer::TopicReader;
 use crate::harness::process::RelayEnv;
 use crate::harness::writes::bulk_events;
-use crate::harness::{consumer::TopicReader};
 use crate::harness::{eventually, Broker, RelayProcess, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -13,9 +13,8 @@ async fn notifications_drive_publishing_and_survive_a_dropped_listener() {
     let db = TestDb::new().await;
     let broker = Broker::shared().await;
     // A poll this slow cannot explain any delivery below.
-    let relay = RelayProcess::spawn(
-        &RelayEnv::new(&db.url, &broker).with("RELAY_POLL_INTERVAL", "60s"),
-    );
+    let relay =
+        RelayProcess::spawn(&RelayEnv::new(&db.url, &broker).with("RELAY_POLL_INTERVAL", "60s"));
     relay
         .wait_for_state("leader", Duration::from_secs(15))
         .await;

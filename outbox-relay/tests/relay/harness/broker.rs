@@ -1,7 +1,7 @@
 //! The test's Kafka and topic. Most tests share the broker `deploy/local/test`
 //! runs, each on a topic of its own ([`Broker::shared`]); a test that freezes,
 //! kills or restarts its broker starts a node of its own ([`Broker::own`]), and
-//! the cluster tests three ([`Broker::cluster`]). Panics on failure, as tests do.
+//! the cluster tests three ([`Broker::start_cluster`]). Panics on failure, as tests do.
 
 use testkit::kafka::{self, Node};
 use testkit::{Cluster, ClusterOptions};
@@ -37,8 +37,11 @@ impl Broker {
     }
 
     /// Nodes of this test's own, started with `options`, with the topic.
-    pub async fn cluster(options: ClusterOptions) -> Self {
-        Self::on(or_panic(Cluster::start(&scratch_dir("kafka"), options).await)).await
+    pub async fn start_cluster(options: ClusterOptions) -> Self {
+        Self::on(or_panic(
+            Cluster::start(&scratch_dir("kafka"), options).await,
+        ))
+        .await
     }
 
     async fn on(cluster: Cluster) -> Self {
@@ -72,6 +75,13 @@ impl Broker {
     /// A new topic name for [`Self::create_topic`] that no other test uses.
     pub fn unique_topic(&self, label: &str) -> String {
         format!("{label}.{}", uuid::Uuid::now_v7().simple())
+    }
+
+    /// The test's own nodes; panics on the shared broker.
+    pub fn cluster(&self) -> &Cluster {
+        self.cluster
+            .as_ref()
+            .expect("the shared broker is not the test's to break: use Broker::own")
     }
 
     /// The test's own nodes; panics on the shared broker.

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -74,6 +75,11 @@ impl TopicReader {
         while let Ok(received) = tokio::time::timeout_at(deadline, self.consumer.recv()).await {
             match received {
                 Ok(message) => self.records.push(to_record(&message)),
+                // A broker of a cluster test is down: librdkafka reconnects and
+                // fetches from the new leader by itself.
+                Err(KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
+                )) => {}
                 Err(err) => panic!("consumer error: {err}"),
             }
         }

@@ -90,7 +90,9 @@ pub async fn wait_for_horizon(database_url: &str) {
 /// horizon has passed every logged event (see [`wait_for_horizon`]).
 pub async fn spawn_replay(env: &RelayEnv, args: &[&str]) -> RelayProcess {
     wait_for_horizon(&env.database_url).await;
-    let args: Vec<&str> = std::iter::once("replay").chain(args.iter().copied()).collect();
+    let args: Vec<&str> = std::iter::once("replay")
+        .chain(args.iter().copied())
+        .collect();
     RelayProcess::spawn_subcommand(env, &args)
 }
 
