@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
+use rdkafka::producer::{BaseProducer, DeliveryFuture, FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::PublishArgs;
@@ -38,6 +38,9 @@ const METADATA_SLICE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// No retry can fix these; the message is librdkafka's.
+    #[error("impossible Kafka producer settings: {0}")]
+    Config(KafkaError),
     #[error("could not create the producer: {0}")]
     Create(#[source] KafkaError),
     #[error("broker not reachable (metadata for `{topic}`): {source}")]
@@ -143,9 +146,24 @@ pub struct Publisher {
 
 impl Publisher {
     /// A publisher to `topic` with the relay's producer settings and deadlines.
-    pub fn new(args: &PublishArgs, topic: String, on_build: Box<dyn Fn() + Send + Sync>) -> Self {
-        Self {
-            config: args.kafka.client_config(PRODUCER_DEFAULTS),
+    ///
+    /// Fails at once on settings no retry can fix: an unknown property, an
+    /// unsupported value (e.g. `SASL_SSL` without TLS support), an unreadable
+    /// CA file. librdkafka checks them when a client is created, so one is
+    /// created here and dropped; it connects to nothing before it is used.
+    pub fn new(
+        args: &PublishArgs,
+        topic: String,
+        on_build: Box<dyn Fn() + Send + Sync>,
+    ) -> Result<Self, PublishError> {
+        let config = args.kafka.client_config(PRODUCER_DEFAULTS);
+        drop(
+            config
+                .create::<BaseProducer>()
+                .map_err(PublishError::Config)?,
+        );
+        Ok(Self {
+            config,
             topic,
             ce_source: args.ce_source.clone(),
             extra_headers: Vec::new(),
@@ -153,7 +171,7 @@ impl Publisher {
             warmup_timeout: args.warmup_timeout,
             live: None,
             on_build,
-        }
+        })
     }
 
     /// Adds `name: value` to every record this publisher sends.

@@ -32,6 +32,15 @@ pub async fn run(
         "RELAY_POLL_INTERVAL must be above zero"
     );
     let metrics = Arc::new(RelayMetrics::new());
+    // Impossible producer settings end the process here, before any retry.
+    let rebuilds = metrics.producer_rebuilds.clone();
+    let publisher = Publisher::new(
+        &args.publish,
+        args.topic.clone(),
+        Box::new(move || {
+            rebuilds.inc();
+        }),
+    )?;
     let health = Health::default();
     let tracker = TaskTracker::new();
     tracker.spawn(health::serve(
@@ -66,14 +75,6 @@ pub async fn run(
     };
     tracker.spawn(listener.run(wakeup.clone(), shutdown.clone()));
 
-    let rebuilds = metrics.producer_rebuilds.clone();
-    let publisher = Publisher::new(
-        &args.publish,
-        args.topic.clone(),
-        Box::new(move || {
-            rebuilds.inc();
-        }),
-    );
     let relay = Relay::new(args, pool.clone(), publisher, metrics, health, wakeup);
     relay.run(shutdown.clone()).await;
 

@@ -153,7 +153,7 @@ async fn publish(
     report: &mut Report,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Ended> {
-    let mut publisher = Publisher::new(&args.publish, state.topic.clone(), Box::new(|| {}))
+    let mut publisher = Publisher::new(&args.publish, state.topic.clone(), Box::new(|| {}))?
         .with_header(REPLAY_HEADER, "true");
     let mut retry = RetryDelay::new(&args.publish);
     let mut pacer = args.rate.map(Pacer::new);

@@ -8,6 +8,7 @@ mod api_flow;
 mod broker_outage;
 mod cluster;
 mod gap_safety;
+mod kafka_security;
 mod leadership;
 mod query_plans;
 mod replay;

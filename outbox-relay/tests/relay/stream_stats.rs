@@ -24,7 +24,7 @@ use crate::harness::replay::replay;
 use crate::harness::{Broker, RelayProcess, TestDb};
 
 /// `stream_stats::consumer::run` on a task, as the binary runs it.
-struct StatsConsumer {
+pub(crate) struct StatsConsumer {
     progress: watch::Receiver<Progress>,
     task: JoinHandle<anyhow::Result<Progress>>,
     shutdown: CancellationToken,
@@ -32,12 +32,22 @@ struct StatsConsumer {
 
 impl StatsConsumer {
     fn start(stats: &TestDb, broker: &Broker) -> Self {
+        Self::start_with(stats, &broker.bootstrap(), broker.topic(), Vec::new())
+    }
+
+    /// Reading `topic` at `brokers` with librdkafka settings `kafka_config`.
+    pub(crate) fn start_with(
+        stats: &TestDb,
+        brokers: &str,
+        topic: &str,
+        kafka_config: Vec<(String, String)>,
+    ) -> Self {
         let settings = Settings {
             database_url: stats.url.clone(),
-            brokers: broker.bootstrap(),
-            topic: broker.topic().to_owned(),
+            brokers: brokers.to_owned(),
+            topic: topic.to_owned(),
             group: "stream-stats".to_owned(),
-            kafka_config: Vec::new(),
+            kafka_config,
         };
         let pool = stats.pool.clone();
         let (sender, progress) = watch::channel(Progress::default());
@@ -67,7 +77,7 @@ impl StatsConsumer {
         let _ = self.task.await;
     }
 
-    async fn stop(self) -> Progress {
+    pub(crate) async fn stop(self) -> Progress {
         self.shutdown.cancel();
         self.task
             .await
@@ -78,7 +88,7 @@ impl StatsConsumer {
 
 /// The consumer's whole state, exactly.
 #[derive(Debug, PartialEq)]
-struct StatsState {
+pub(crate) struct StatsState {
     inbox: i64,
     categories: Vec<(String, i64, i64, i64, f64)>,
     streams: Vec<(Uuid, String, String, Option<f64>)>,
@@ -114,7 +124,7 @@ async fn event_count(db: &TestDb) -> i64 {
 }
 
 /// Waits until the consumer has applied every event of the log.
-async fn converged(db: &TestDb, stats: &TestDb) -> StatsState {
+pub(crate) async fn converged(db: &TestDb, stats: &TestDb) -> StatsState {
     let events = event_count(db).await;
     eventually(
         Duration::from_secs(30),
@@ -130,7 +140,7 @@ async fn converged(db: &TestDb, stats: &TestDb) -> StatsState {
 /// Per category: live streams, streams started and ended and their total
 /// seconds; per stream: its duration. From the consumer and from the service's
 /// own table, they must agree (a double-counted event shows in the totals).
-async fn assert_matches_the_service(db: &TestDb, stats: &TestDb) {
+pub(crate) async fn assert_matches_the_service(db: &TestDb, stats: &TestDb) {
     type Totals = (String, i64, i64, i64, f64);
     let truth: Vec<Totals> = sqlx::query_as(
         "select category, count(*) filter (where status = 'live'), count(*),
