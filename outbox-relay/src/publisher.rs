@@ -3,8 +3,8 @@
 //!
 //! After any failed attempt the producer is thrown away and a new one is built
 //! for the retry. A failed batch is resent from the checkpoint anyway, and a
-//! fresh producer carries no state a broker could reject: a fenced epoch after a
-//! timeout, or (on Tansu) a producer id from before a broker restart.
+//! fresh producer carries no state a broker could reject, such as a fenced epoch
+//! after a timeout (docs/kafka.md).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

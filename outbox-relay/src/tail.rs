@@ -1,5 +1,5 @@
 //! `outbox-relay tail`: a consumer-group reader that prints each record with
-//! its key and headers (Debian's kcat cannot talk to Tansu).
+//! its key and headers, with the relay's own Kafka settings (TLS, SASL).
 
 use std::io::Write as _;
 use std::time::Duration;

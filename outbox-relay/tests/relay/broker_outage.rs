@@ -90,9 +90,9 @@ async fn broker_down_backs_off_and_delivers_everything_after_restart() {
     assert_eq!(relay.metric("outbox_relay_backoff_seconds").await, 0.0);
 }
 
-/// Tansu on `sqlite://` panics when a producer from before its restart sends
-/// again; the relay rebuilds its producer once the connection drops, so an
-/// idle restart goes unnoticed.
+/// A broker restarted while the relay is idle: the relay rebuilds its producer
+/// once the connection drops, records from before the restart are kept, and
+/// later ones are delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_while_idle_is_survived() {
     let db = TestDb::new().await;
