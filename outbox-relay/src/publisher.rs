@@ -140,6 +140,9 @@ pub struct Publisher {
     delivery_timeout: Duration,
     warmup_timeout: Duration,
     live: Option<LiveProducer>,
+    /// Batches sent on `live` whose acks are not awaited yet: while there are
+    /// any, a stale producer is never replaced (see [`Self::send`]).
+    outstanding: usize,
     /// Called once per producer built (for the rebuild metric).
     on_build: Box<dyn Fn() + Send + Sync>,
 }
@@ -170,6 +173,7 @@ impl Publisher {
             delivery_timeout: args.delivery_timeout,
             warmup_timeout: args.warmup_timeout,
             live: None,
+            outstanding: 0,
             on_build,
         })
     }
@@ -191,13 +195,34 @@ impl Publisher {
 
     /// Enqueues the whole batch and returns without awaiting any ack, so the
     /// caller can send more batches while this one is in flight. The batch's
-    /// deadline starts now. On `Err` the producer has been discarded.
+    /// deadline starts now. On `Err` the producer has been discarded, and with
+    /// it every batch still in flight: the caller starts again from its
+    /// checkpoint.
+    ///
+    /// A producer that lost its connection while batches are in flight on it
+    /// is never replaced under them: a new producer could deliver this batch
+    /// before an older one is retried, and a stream's later event would reach
+    /// the topic first. The send fails instead, and so does the whole window.
     pub async fn send(&mut self, events: &[OutboxEvent]) -> Result<Sent, PublishError> {
-        let result = self.try_send(events).await;
-        if result.is_err() {
-            self.discard();
+        let result = if self.is_stale() && self.outstanding > 0 {
+            Err(PublishError::ConnectionLost)
+        } else {
+            self.try_send(events).await
+        };
+        match &result {
+            Ok(_) => self.outstanding += 1,
+            Err(_) => self.discard(),
         }
         result
+    }
+
+    /// Marks the producer stale, as librdkafka does when it loses a broker
+    /// connection: for tests that force the race between a read and a send.
+    #[doc(hidden)]
+    pub fn mark_stale(&self) {
+        if let Some(live) = &self.live {
+            live.stale.0.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Awaits every acknowledgement of `sent` until its deadline. Returns how
@@ -205,6 +230,7 @@ impl Publisher {
     /// delivered, and the producer has been discarded, which purges every other
     /// batch still in flight too.
     pub async fn acked(&mut self, sent: Sent) -> Result<Duration, PublishError> {
+        self.outstanding = self.outstanding.saturating_sub(1);
         let Sent {
             deliveries,
             started,
@@ -335,6 +361,7 @@ impl Publisher {
 
     /// Drops the producer: its queued and in-flight messages are purged.
     pub fn discard(&mut self) {
+        self.outstanding = 0;
         if let Some(live) = self.live.take() {
             drop_in_background(live.producer);
         }

@@ -10,6 +10,7 @@ mod cluster;
 mod gap_safety;
 mod kafka_security;
 mod leadership;
+mod producer_rebuild;
 mod query_plans;
 mod replay;
 mod replay_resume;
