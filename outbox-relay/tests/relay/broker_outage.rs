@@ -122,6 +122,7 @@ async fn frozen_broker_times_out_attempts_then_recovers() {
     let mut broker = Broker::own().await;
     let relay = RelayProcess::spawn(
         &RelayEnv::new(&db.url, &broker)
+            .with("RELAY_DELIVERY_TIMEOUT", "100ms")
             .with("RELAY_WARMUP_TIMEOUT", "1s")
             .with("RELAY_BACKOFF_MAX", "1s"),
     );

@@ -43,7 +43,9 @@ async fn drain_in_progress() -> Drain {
     })
     .await;
     bulk_events(&db.pool, BACKLOG_STREAMS).await;
-    let relay = RelayProcess::spawn(&RelayEnv::new(&db.url, &broker));
+    // Retries come back within 2 s, so a healed cluster is drained at once.
+    let relay =
+        RelayProcess::spawn(&RelayEnv::new(&db.url, &broker).with("RELAY_BACKOFF_MAX", "2s"));
     let writing = CancellationToken::new();
     let writer = tokio::spawn({
         let (pool, writing) = (db.pool.clone(), writing.clone());
@@ -81,7 +83,7 @@ impl Drain {
         self.writer.await.expect("writer");
         let mut topic = TopicReader::new(&self.broker);
         let (records, committed) = topic
-            .read_every_committed_event(&self.db.pool, Duration::from_secs(120))
+            .read_every_committed_event(&self.db.pool, Duration::from_secs(180))
             .await;
         let duplicates = records.len() - committed;
         assert!(
