@@ -61,10 +61,19 @@ pub struct RunArgs {
     #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
 
-    /// How often a standby tries to take the leader lock, and the leader checks
-    /// its lock connection is alive.
+    /// How often a standby tries to take the leader lock (and looks for an
+    /// expired lease to end).
     #[arg(long, env = "RELAY_LOCK_CHECK_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub lock_check_interval: Duration,
+
+    /// A leader that has not renewed its lease for this long (it is frozen,
+    /// cut off or dead) is replaced by a standby; it renews every fifth of it.
+    #[arg(long, env = "RELAY_LEASE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+
+    /// Deadline of every statement on the leader-lock connection.
+    #[arg(long, env = "RELAY_LOCK_STATEMENT_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub lock_statement_timeout: Duration,
 
     /// Batches sent and awaiting acks at once; the next is read and produced
     /// while older ones wait. 1 = one batch at a time. Crash duplicates are
@@ -93,6 +102,13 @@ impl RunArgs {
         anyhow::ensure!(
             window <= 100_000,
             "RELAY_MAX_IN_FLIGHT_BATCHES × RELAY_BATCH_SIZE ({window}) is above 100,000"
+        );
+        // A renewal must be able to finish well inside the lease it renews.
+        anyhow::ensure!(
+            self.lock_statement_timeout * 2 <= self.lease_ttl,
+            "RELAY_LOCK_STATEMENT_TIMEOUT ({:?}) must be at most half of RELAY_LEASE_TTL ({:?})",
+            self.lock_statement_timeout,
+            self.lease_ttl
         );
         Ok(())
     }

@@ -20,7 +20,7 @@ use crate::config::RunArgs;
 use crate::event::OutboxEvent;
 use crate::health::{Health, RelayState};
 use crate::in_flight::InFlight;
-use crate::leader::LeaderLock;
+use crate::leader::{self, LeaderLock, LeaseSettings, LockError};
 use crate::metrics::RelayMetrics;
 use crate::publisher::{PublishError, Publisher};
 use crate::reader::Reader;
@@ -32,8 +32,8 @@ const HELD_BACK_RECHECK: Duration = Duration::from_millis(20);
 /// Why a leadership ended without a shutdown; the relay goes back to standby.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    #[error("lost the leader lock connection: {0}")]
-    LockLost(#[source] sqlx::Error),
+    #[error("lost leadership: {0}")]
+    Lock(#[from] LockError),
     #[error("cannot read the event log: {0}")]
     Read(#[source] sqlx::Error),
     #[error(transparent)]
@@ -93,7 +93,7 @@ impl Checkpoints {
         every: u32,
         lock: &mut LeaderLock,
         name: &str,
-    ) -> Result<(), CheckpointError> {
+    ) -> Result<(), RelayError> {
         self.pending = Some(new);
         self.unwritten += 1;
         if window_empty || self.unwritten >= every {
@@ -103,9 +103,15 @@ impl Checkpoints {
     }
 
     /// Writes the pending progress (compare-and-set against what was stored).
-    async fn flush(&mut self, lock: &mut LeaderLock, name: &str) -> Result<(), CheckpointError> {
+    async fn flush(&mut self, lock: &mut LeaderLock, name: &str) -> Result<(), RelayError> {
         if let Some(new) = self.pending {
-            checkpoint::advance(lock.conn(), name, self.stored, new).await?;
+            let deadline = lock.deadline();
+            tokio::time::timeout(
+                deadline,
+                checkpoint::advance(lock.conn(), name, self.stored, new),
+            )
+            .await
+            .map_err(|_| LockError::Deadline(deadline))??;
             self.stored = Some(new);
             self.pending = None;
             self.unwritten = 0;
@@ -170,7 +176,10 @@ impl Relay {
             match LeaderLock::try_acquire(
                 &self.args.database_url,
                 &self.args.relay_name,
-                self.args.lock_check_interval,
+                LeaseSettings {
+                    ttl: self.args.lease_ttl,
+                    statement_timeout: self.args.lock_statement_timeout,
+                },
             )
             .await
             {
@@ -199,8 +208,8 @@ impl Relay {
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
         let name = self.args.relay_name.clone();
-        let lost = RelayError::LockLost;
-        let mut stored = checkpoint::load(lock.conn(), &name).await.map_err(lost)?;
+        let mut stored =
+            leader::within(lock.deadline(), checkpoint::load(lock.conn(), &name)).await?;
         let Some(mut cluster) = self.guard_restore(lock, &mut stored, shutdown).await? else {
             return Ok(());
         };
@@ -222,7 +231,8 @@ impl Relay {
             if check_due && window.is_empty() {
                 // The checkpoint may have been reset by an operator meanwhile.
                 // (An empty window has nothing pending: it was flushed.)
-                let mut stored = checkpoint::load(lock.conn(), &name).await.map_err(lost)?;
+                let mut stored =
+                    leader::within(lock.deadline(), checkpoint::load(lock.conn(), &name)).await?;
                 match self.guard_restore(lock, &mut stored, shutdown).await? {
                     Some(state) => cluster = state,
                     None => return Ok(()),
@@ -244,6 +254,9 @@ impl Relay {
                 let after = window.read_ahead(checkpoints.acked());
                 let batch = reader.next(after).await.map_err(RelayError::Read)?;
                 if !batch.is_empty() {
+                    // Never a batch from a relay that may have lost the lead:
+                    // its lease or session is checked first (docs/relay.md).
+                    lock.ensure_leading().await?;
                     // Enqueue only: its acks are awaited once it is the oldest.
                     self.publisher
                         .send(&batch)
@@ -331,7 +344,7 @@ impl Relay {
             outcome = self.publisher.acked(batch.sent) => outcome,
             err = lock.lost() => {
                 self.publisher.discard();
-                return Err(RelayError::LockLost(err));
+                return Err(RelayError::Lock(err));
             }
         };
         let latency = match outcome {
@@ -385,7 +398,7 @@ impl Relay {
         tokio::select! {
             () = notified => Ok(Waited::Ready),
             () = tokio::time::sleep(timeout) => Ok(Waited::Ready),
-            err = lock.lost() => Err(RelayError::LockLost(err)),
+            err = lock.lost() => Err(RelayError::Lock(err)),
             () = shutdown.cancelled() => Ok(Waited::Shutdown),
         }
     }
@@ -401,9 +414,8 @@ impl Relay {
     ) -> Result<Option<ClusterState>, RelayError> {
         let mut refusing = false;
         loop {
-            let state = restore::cluster_state(lock.conn())
-                .await
-                .map_err(RelayError::LockLost)?;
+            let state =
+                leader::within(lock.deadline(), restore::cluster_state(lock.conn())).await?;
             match restore::check(&state, stored.as_ref()) {
                 Ok(()) => {
                     if refusing {
@@ -426,9 +438,11 @@ impl Relay {
                     {
                         return Ok(None);
                     }
-                    *stored = checkpoint::load(lock.conn(), &self.args.relay_name)
-                        .await
-                        .map_err(RelayError::LockLost)?;
+                    *stored = leader::within(
+                        lock.deadline(),
+                        checkpoint::load(lock.conn(), &self.args.relay_name),
+                    )
+                    .await?;
                 }
             }
         }
