@@ -93,6 +93,14 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The Prometheus text of `/metrics`: the one place that knows where the
+    /// service exposes it.
+    pub async fn metrics_text(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.text().await.unwrap()
+    }
+
     pub async fn create_user(&self, username: &str) -> Uuid {
         let id = Uuid::now_v7();
         sqlx::query("insert into users (id, username, avatar_url) values ($1, $2, $3)")

@@ -7,6 +7,7 @@ mod contract;
 mod events;
 mod helpers;
 mod list;
+mod observability;
 mod ops;
 mod projection;
 mod query_plans;

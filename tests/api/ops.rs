@@ -34,15 +34,7 @@ async fn metrics_count_requests_by_route_and_status(pool: PgPool) {
     app.get("/v1/streams").await;
     app.get(&format!("/v1/streams/{}", uuid::Uuid::now_v7()))
         .await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(
         text.contains(r#"http_requests_total{method="GET",route="/v1/streams",status="200"}"#),
         "{text}"

@@ -10,6 +10,7 @@ mod cluster;
 mod gap_safety;
 mod kafka_security;
 mod leadership;
+mod observability;
 mod producer_rebuild;
 mod query_plans;
 mod replay;
