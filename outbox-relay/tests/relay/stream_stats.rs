@@ -229,7 +229,7 @@ async fn assert_topic_matches_the_schemas(broker: &Broker, events: usize) {
         .into_iter()
         .map(|t| (t, schema(t)))
         .collect();
-    let mut topic = TopicReader::new(&broker);
+    let mut topic = TopicReader::new(broker);
     let records = topic
         .read_until_distinct(events, Duration::from_secs(20))
         .await;
