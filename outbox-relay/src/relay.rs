@@ -340,12 +340,15 @@ impl Relay {
             return Ok(Ok(()));
         };
         let end = batch.end();
+        // Leadership first: a relay resumed after a freeze finds its lease
+        // expired before it looks at acks, and settles nothing more.
         let outcome = tokio::select! {
-            outcome = self.publisher.acked(batch.sent) => outcome,
+            biased;
             err = lock.lost() => {
                 self.publisher.discard();
                 return Err(RelayError::Lock(err));
             }
+            outcome = self.publisher.acked(batch.sent) => outcome,
         };
         let latency = match outcome {
             Ok(latency) => latency,
@@ -396,10 +399,11 @@ impl Relay {
             }
         };
         tokio::select! {
+            biased;
+            () = shutdown.cancelled() => Ok(Waited::Shutdown),
+            err = lock.lost() => Err(RelayError::Lock(err)),
             () = notified => Ok(Waited::Ready),
             () = tokio::time::sleep(timeout) => Ok(Waited::Ready),
-            err = lock.lost() => Err(RelayError::Lock(err)),
-            () = shutdown.cancelled() => Ok(Waited::Shutdown),
         }
     }
 

@@ -5,6 +5,7 @@
 //! - [`kafka`]: Apache Kafka: the shared broker, and nodes of our own (one
 //!   to break, three for a cluster, optionally behind `SASL_SSL`).
 //! - [`tls`]: a CA and server certificate generated for a test.
+//! - [`proxy`]: a loopback TCP proxy to freeze or cut a connection.
 //! - [`process`]: a child process logging to a file, killed when dropped;
 //!   [`signal`] through kill(1).
 //! - [`http`]: `GET` on a child's HTTP port, and the samples of a Prometheus
@@ -14,6 +15,7 @@
 pub mod http;
 pub mod kafka;
 pub mod process;
+pub mod proxy;
 pub mod tls;
 
 use std::future::Future;

@@ -114,12 +114,12 @@ async fn leader_that_loses_its_lock_connection_stops_publishing() {
         assert!(Instant::now() < deadline, "the relay kept its lock");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Commit at once: the relay must notice before its next batch, not after.
+    bulk_events(&db.pool, 50).await;
     relay
         .wait_for_state("standby", Duration::from_secs(3))
         .await;
     assert_eq!(relay.metric("outbox_relay_leader").await, 0.0);
-
-    bulk_events(&db.pool, 50).await;
     assert!(
         topic
             .read_for(Duration::from_millis(1_500))

@@ -80,6 +80,13 @@ impl RelayProcess {
         self.process.kill();
     }
 
+    /// Any signal by name, e.g. `STOP` and `CONT` to freeze and resume it.
+    pub fn signal(&self, signal: &str) {
+        self.process
+            .signal(signal)
+            .unwrap_or_else(|err| panic!("kill -{signal} the relay: {err:#}"));
+    }
+
     pub fn sigterm(&self) {
         self.process.signal("TERM").expect("kill -TERM the relay");
     }
