@@ -46,7 +46,6 @@ pub struct RecordParts {
     pub key: String,
     pub value: Vec<u8>,
     pub headers: Vec<(&'static str, String)>,
-    pub timestamp_ms: i64,
 }
 
 /// Marks a record re-published by `outbox-relay replay` (value `true`);
@@ -90,7 +89,6 @@ impl OutboxEvent {
             key,
             value: self.payload.clone().into_bytes(),
             headers,
-            timestamp_ms: self.occurred_at.timestamp_millis(),
         }
     }
 }
@@ -110,7 +108,11 @@ impl RecordParts {
             .key(self.key.as_str())
             .payload(self.value.as_slice())
             .headers(headers)
-            .timestamp(self.timestamp_ms)
+        // No timestamp: the producer stamps the record when it is sent
+        // (CreateTime), so time-based retention counts from publication, and a
+        // replay of old history or a relay catching up after an outage is
+        // neither deleted at once nor refused by a broker's timestamp bounds.
+        // The event's own time travels in `ce_time` (docs/events.md).
     }
 }
 
@@ -154,7 +156,6 @@ mod tests {
         assert_eq!(get("content-type"), Some("application/json"));
         assert_eq!(get("aggregate_version"), Some("2"));
         assert_eq!(get("traceparent"), None);
-        assert_eq!(parts.timestamp_ms, 1_700_000_000_123);
         let value: serde_json::Value = serde_json::from_slice(&parts.value).unwrap();
         assert_eq!(value["version"], 2);
     }

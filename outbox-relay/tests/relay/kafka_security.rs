@@ -83,6 +83,9 @@ async fn sasl_ssl_carries_run_tail_replay_and_stream_stats() {
     let api = Arc::new(Api::spawn(&db).await);
     let users = api.users(&db, 4).await;
     api.clone().random_workload(users, 3).await;
+    // At least one stream still live, whatever the workload's dice said.
+    let streamer = api.user(&db).await;
+    api.start_in(&streamer, "talk").await;
     let mut topic = TopicReader::new(&broker);
     let (_, events) = topic
         .read_every_committed_event(&db.pool, Duration::from_secs(60))

@@ -36,8 +36,14 @@ async fn now(db: &TestDb) -> DateTime<Utc> {
 }
 
 /// Reads `topic` until `expected` distinct ids arrived; asserts exactly those,
-/// each once, each marked as a replay.
-async fn assert_replayed_exactly(broker: &Broker, topic: &str, expected: &HashSet<String>) {
+/// each once, each marked as a replay and stamped with its publication time
+/// (after `replayed_from`), its event time staying in `ce_time`.
+async fn assert_replayed_exactly(
+    broker: &Broker,
+    topic: &str,
+    expected: &HashSet<String>,
+    replayed_from: DateTime<Utc>,
+) {
     let mut reader = TopicReader::for_topic(&broker.bootstrap(), topic);
     let records = reader
         .read_until_distinct(expected.len(), Duration::from_secs(20))
@@ -49,6 +55,14 @@ async fn assert_replayed_exactly(broker: &Broker, topic: &str, expected: &HashSe
         records.iter().all(Record::is_replay),
         "topic {topic}: unmarked record"
     );
+    for record in records.iter() {
+        let event_time: DateTime<Utc> = record.headers["ce_time"].parse().expect("ce_time");
+        assert!(
+            event_time < replayed_from && record.timestamp_ms >= replayed_from.timestamp_millis(),
+            "topic {topic}: record stamped {} for an event of {event_time}, replayed from {replayed_from}",
+            record.timestamp_ms
+        );
+    }
     assert_per_stream_order(records);
 }
 
@@ -111,6 +125,7 @@ async fn selects_by_position_time_stream_and_type() {
         ),
     ];
     let env = RelayEnv::new(&db.url, &broker);
+    let replayed_from = now(&db).await;
     let mut runs = Vec::new();
     for (topic, flags, _) in &cases {
         broker.create_topic(topic).await;
@@ -133,7 +148,7 @@ async fn selects_by_position_time_stream_and_type() {
             (expected.len() as u64, 0),
             "{topic}: summary"
         );
-        assert_replayed_exactly(&broker, topic, &expected).await;
+        assert_replayed_exactly(&broker, topic, &expected, replayed_from).await;
     }
     // The time bounds split the phases exactly.
     assert_eq!(ids_where(&db, &cases[1].2).await.len(), 20);
@@ -172,10 +187,11 @@ async fn dry_run_counts_and_lists_and_sends_nothing() {
     );
 
     // The same slice for real: the topic and the count above were live.
+    let replayed_from = now(&db).await;
     replay(&env, &["--type", "stream.ended", "--name", "dry"])
         .await
         .assert_success();
-    assert_replayed_exactly(&broker, broker.topic(), &expected).await;
+    assert_replayed_exactly(&broker, broker.topic(), &expected, replayed_from).await;
 }
 
 /// The live relay's checkpoint row, exactly.

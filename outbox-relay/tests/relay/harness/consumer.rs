@@ -17,6 +17,8 @@ pub struct Record {
     pub key: String,
     pub headers: BTreeMap<String, String>,
     pub value: serde_json::Value,
+    /// The record timestamp, in milliseconds since the epoch.
+    pub timestamp_ms: i64,
 }
 
 impl Record {
@@ -147,6 +149,7 @@ fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
         headers,
         value: serde_json::from_slice(message.payload().unwrap_or_default())
             .expect("value is JSON"),
+        timestamp_ms: message.timestamp().to_millis().expect("a record timestamp"),
     }
 }
 
