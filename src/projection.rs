@@ -134,11 +134,14 @@ fn fold(row: Row, streams: &mut BTreeMap<Uuid, Folded>, problems: &mut Vec<Diffe
     }
 }
 
-/// Rebuilds into a scratch table and diffs, all in one repeatable-read
-/// snapshot so a command committing meanwhile cannot cause a false alarm.
+/// Rebuilds in memory and diffs against the table, all in one read-only,
+/// repeatable-read snapshot, so a command committing meanwhile cannot cause a
+/// false alarm. Nothing is written, not even a scratch table: a write assigns
+/// a transaction id, and an open one holds back the relay's horizon (and every
+/// other gap-safe reader's) for as long as the diff runs.
 pub async fn rebuild_and_diff(pool: &PgPool) -> anyhow::Result<Report> {
     let mut tx = pool.begin().await?;
-    sqlx::query("set transaction isolation level repeatable read")
+    sqlx::query("set transaction isolation level repeatable read, read only")
         .execute(&mut *tx)
         .await?;
 
@@ -157,44 +160,61 @@ pub async fn rebuild_and_diff(pool: &PgPool) -> anyhow::Result<Report> {
     }
     report.streams = streams.len();
 
-    sqlx::query("create temp table projection_rebuild (like live_streams) on commit drop")
-        .execute(&mut *tx)
-        .await?;
+    // Rebuilt rows go up as arrays, a chunk at a time, and are compared with
+    // the table's as JSON; streams only in the table are found by id.
+    let mut diffs: Vec<(Uuid, Option<Value>, Option<Value>)> = Vec::new();
     for chunk in streams.values().collect::<Vec<_>>().chunks(5_000) {
-        let col = |f: fn(&Folded) -> Value| chunk.iter().map(|s| f(s)).collect::<Vec<Value>>();
         let ids: Vec<Uuid> = chunk.iter().map(|s| s.payload.stream_id).collect();
         let ended_at: Vec<Option<DateTime<Utc>>> = chunk
             .iter()
             .map(|s| if s.ended { s.payload.ended_at } else { None })
             .collect();
-        sqlx::query(
-            "insert into projection_rebuild \
-               (id, creator_id, title, category, thumbnail_url, status, started_at, ended_at, version) \
-             select id, (p->>'creator_id')::uuid, p->>'title', p->>'category', p->>'thumbnail_url', \
-                    status, (p->>'started_at')::timestamptz, ended_at, version \
-             from unnest($1::uuid[], $2::jsonb[], $3::text[], $4::timestamptz[], $5::bigint[]) \
-                  as t(id, p, status, ended_at, version)",
+        let rows: Vec<(Uuid, Option<Value>, Option<Value>)> = sqlx::query_as(
+            "with r as ( \
+               select id, (p->>'creator_id')::uuid as creator_id, p->>'title' as title, \
+                      p->>'category' as category, p->>'thumbnail_url' as thumbnail_url, status, \
+                      (p->>'started_at')::timestamptz as started_at, ended_at, version \
+               from unnest($1::uuid[], $2::jsonb[], $3::text[], $4::timestamptz[], $5::bigint[]) \
+                    as t(id, p, status, ended_at, version)) \
+             select r.id, to_jsonb(r), to_jsonb(s) \
+             from r left join live_streams s on s.id = r.id \
+             where s.id is null or to_jsonb(r) is distinct from to_jsonb(s)",
         )
         .bind(&ids)
-        .bind(col(|s| serde_json::to_value(&s.payload).unwrap_or_default()))
-        .bind(chunk.iter().map(|s| if s.ended { "ended" } else { "live" }).collect::<Vec<_>>())
+        .bind(
+            chunk
+                .iter()
+                .map(|s| serde_json::to_value(&s.payload).unwrap_or_default())
+                .collect::<Vec<Value>>(),
+        )
+        .bind(
+            chunk
+                .iter()
+                .map(|s| if s.ended { "ended" } else { "live" })
+                .collect::<Vec<_>>(),
+        )
         .bind(&ended_at)
         .bind(chunk.iter().map(|s| s.version).collect::<Vec<_>>())
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await
-        .context("writing the scratch table")?;
+        .context("diffing")?;
+        diffs.extend(rows);
     }
+    let stored: Vec<Uuid> = sqlx::query_scalar("select id from live_streams")
+        .fetch_all(&mut *tx)
+        .await
+        .context("listing live_streams")?;
+    let rebuilt: std::collections::HashSet<Uuid> =
+        streams.values().map(|s| s.payload.stream_id).collect();
+    diffs.extend(
+        stored
+            .into_iter()
+            .filter(|id| !rebuilt.contains(id))
+            .map(|id| (id, None, Some(Value::Null))),
+    );
+    diffs.sort_by_key(|(id, ..)| *id);
 
-    let rows: Vec<(Uuid, Option<Value>, Option<Value>)> = sqlx::query_as(
-        "select coalesce(r.id, s.id), to_jsonb(r), to_jsonb(s) \
-         from projection_rebuild r full join live_streams s on s.id = r.id \
-         where r.id is null or s.id is null or row(r.*) is distinct from row(s.*) \
-         order by 1",
-    )
-    .fetch_all(&mut *tx)
-    .await
-    .context("diffing")?;
-    for (stream_id, rebuilt, stored) in rows {
+    for (stream_id, rebuilt, stored) in diffs {
         match (rebuilt, stored) {
             (Some(_), None) => report
                 .differences

@@ -102,3 +102,60 @@ async fn the_log_rebuilds_the_table_and_tampering_is_reported(pool: PgPool) {
     );
     assert!(out.contains(": 3 differences"), "{out}");
 }
+
+/// The check reads in one snapshot but never takes a transaction id: an open
+/// xid would hold back the relay's horizon (and every other gap-safe reader)
+/// for as long as the diff runs.
+#[sqlx::test]
+async fn the_check_holds_no_transaction_id(pool: PgPool) {
+    // Enough streams that the rebuild takes a while (bulk, straight into SQL).
+    sqlx::query(
+        "with u as (insert into users (id, username)
+                    select gen_random_uuid(), 'u' || g from generate_series(1, 3000) g
+                    returning id),
+              s as (insert into live_streams (id, creator_id, title, category, status, started_at, version)
+                    select gen_random_uuid(), id, 't', 'talk', 'live', now(), 1 from u
+                    returning id, creator_id, started_at)
+         insert into event_log (event_id, aggregate_type, aggregate_id, aggregate_version, event_type, payload, occurred_at)
+         select gen_random_uuid(), 'stream', id, 1, 'stream.started',
+                json_build_object('stream_id', id, 'creator_id', creator_id, 'title', 't',
+                                  'category', 'talk', 'thumbnail_url', null, 'started_at', started_at,
+                                  'ended_at', null, 'version', 1), now()
+         from s",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let db = pool.connect_options().get_database().unwrap().to_owned();
+    let mut check = tokio::process::Command::new(env!("CARGO_BIN_EXE_nova-streaming"))
+        .args(["rebuild-projection", "--check"])
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:5432/{db}"),
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut samples, mut with_xid) = (0, 0);
+    let status = loop {
+        if let Some(status) = check.try_wait().unwrap() {
+            break status;
+        }
+        let holding: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and pid <> pg_backend_pid()
+               and backend_xid is not null",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        samples += 1;
+        with_xid += holding;
+    };
+    assert!(status.success(), "the check failed");
+    assert!(samples > 10, "too few samples ({samples}) to tell");
+    assert_eq!(
+        with_xid, 0,
+        "the check held a transaction id in {with_xid} of {samples} samples"
+    );
+}
