@@ -4,8 +4,9 @@
 //! the round trip to the broker. Batches settle strictly in the order they were
 //! read, so the checkpoint only ever moves to the end of a batch whose acks, and
 //! all earlier batches' acks, have arrived. Per-stream order across batches is
-//! kept by the idempotent producer (in order within a partition); on any failure
-//! the caller drops the whole window and reads again from the checkpoint.
+//! kept by the idempotent producer (in order within a partition). A missed
+//! deadline keeps the window (librdkafka is still retrying it); any other
+//! failure drops it whole, and the caller reads again from the checkpoint.
 
 use std::collections::VecDeque;
 
@@ -63,9 +64,20 @@ impl InFlight {
         self.batches.push_back(Batch { events, sent });
     }
 
-    /// The oldest batch: the only one whose acks may be awaited next.
+    /// The oldest batch: the only one whose acks may be awaited next. It stays
+    /// in the window until [`Self::pop_oldest`], so a missed deadline keeps it.
+    pub fn oldest_mut(&mut self) -> Option<&mut Batch> {
+        self.batches.front_mut()
+    }
+
+    /// Removes the oldest batch, once settled.
     pub fn pop_oldest(&mut self) -> Option<Batch> {
         self.batches.pop_front()
+    }
+
+    /// Every batch still in flight, oldest first (to give each a new deadline).
+    pub fn sent_mut(&mut self) -> impl Iterator<Item = &mut Sent> {
+        self.batches.iter_mut().map(|batch| &mut batch.sent)
     }
 
     /// Forgets every batch (after a failure: they are re-read from the

@@ -72,7 +72,7 @@ impl RelayMetrics {
         );
         r.register(
             "producer_rebuilds",
-            "Kafka producers built (the first, and one after each failed attempt)",
+            "Kafka producers built (the first, and one after each abandoned window or fatal error)",
             m.producer_rebuilds.clone(),
         );
         r.register(

@@ -1,11 +1,15 @@
 //! The Kafka side: an idempotent producer (acks=all, lz4, no linger) that
 //! takes a whole batch, then awaits every acknowledgement under one deadline.
 //!
-//! After any failed attempt the producer is thrown away and a new one is built
-//! for the retry. A failed batch is resent from the checkpoint anyway, and a
-//! fresh producer carries no state a broker could reject, such as a fenced epoch
-//! after a timeout (docs/kafka.md).
+//! A missed deadline is not a lost batch: librdkafka keeps retrying the
+//! records itself, with their sequence numbers, so the broker writes each
+//! once. The relay therefore keeps the producer and its batches across a
+//! missed deadline and waits again after a backoff. It gives a producer up
+//! only when it must: a delivery that librdkafka itself failed (the records
+//! may be out of sequence), or a fatal error (e.g. fencing). Then everything in
+//! flight is purged and re-sent from the checkpoint on a new producer.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,19 +61,33 @@ pub enum PublishError {
     Canceled,
     #[error("batch not acknowledged within {0:?}")]
     Timeout(Duration),
-    #[error("lost the broker connection")]
-    ConnectionLost,
+    #[error("the producer failed fatally")]
+    Fatal,
 }
 
-/// Watches librdkafka's global errors: a lost broker connection or a fatal
-/// error marks the producer stale. The batch in flight fails at once, and the
-/// producer is rebuilt before the next one.
+impl PublishError {
+    /// A missed deadline only: the producer and its batches are kept, and
+    /// librdkafka's own retries may still deliver them, each once.
+    pub fn keeps_window(&self) -> bool {
+        matches!(self, Self::Timeout(_))
+    }
+}
+
+/// Watches librdkafka's global errors. A fatal one (fencing, an idempotence
+/// failure) marks the producer stale: the batch awaited fails at once and the
+/// producer is rebuilt before the next one. A lost connection does not:
+/// librdkafka reconnects and resends by itself.
 #[derive(Clone, Default)]
-pub struct StaleFlag(Arc<AtomicBool>);
+pub struct StaleFlag {
+    fatal: Arc<AtomicBool>,
+    /// Connection errors already warned about (librdkafka reports one every
+    /// ~100 ms while a broker is down).
+    warned: Arc<AtomicBool>,
+}
 
 impl StaleFlag {
     fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.fatal.load(Ordering::Relaxed)
     }
 
     /// Resolves once the flag is set. Polled: librdkafka calls back on its own
@@ -83,20 +101,14 @@ impl StaleFlag {
 
 impl ClientContext for StaleFlag {
     fn error(&self, error: KafkaError, reason: &str) {
-        let stale = matches!(
-            error.rdkafka_error_code(),
-            Some(
-                RDKafkaErrorCode::Fatal
-                    | RDKafkaErrorCode::AllBrokersDown
-                    | RDKafkaErrorCode::BrokerTransportFailure
-            )
-        );
-        // librdkafka reconnects (and reports) every ~100 ms while a broker is
-        // down: warn once per producer, the rest at debug.
-        if stale && self.0.swap(true, Ordering::Relaxed) {
+        let fatal = error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal);
+        if fatal {
+            self.fatal.store(true, Ordering::Relaxed);
+            tracing::error!(target: "librdkafka", %error, reason, "fatal kafka producer error; it will be rebuilt");
+        } else if self.warned.swap(true, Ordering::Relaxed) {
             tracing::debug!(target: "librdkafka", %error, reason, "kafka client error");
         } else {
-            tracing::warn!(target: "librdkafka", %error, reason, stale, "kafka client error");
+            tracing::warn!(target: "librdkafka", %error, reason, "kafka client error");
         }
     }
 
@@ -105,7 +117,7 @@ impl ClientContext for StaleFlag {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
                 tracing::error!(target: "librdkafka", fac, message)
             }
-            // The relay handles these (retry with a new producer): not errors of its own.
+            // librdkafka retries these itself: not errors of the relay's own.
             RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
                 tracing::warn!(target: "librdkafka", fac, message)
             }
@@ -114,12 +126,14 @@ impl ClientContext for StaleFlag {
     }
 }
 
-/// A batch enqueued on the producer whose acks are not awaited yet.
+/// A batch enqueued on the producer whose acks have not all arrived.
 pub struct Sent {
-    deliveries: Vec<DeliveryFuture>,
+    /// The acks still awaited, in send order.
+    deliveries: VecDeque<DeliveryFuture>,
     started: Instant,
-    /// From `started`: the batch's own deadline, however long it waits its turn.
-    timeout: Duration,
+    /// The batch's own deadline, however long it waits its turn; moved on by
+    /// [`Publisher::wait_again`] after a missed one.
+    deadline: Instant,
     /// The flag of the producer it was sent on.
     stale: StaleFlag,
 }
@@ -189,8 +203,13 @@ impl Publisher {
     /// been discarded.
     #[tracing::instrument(skip_all, fields(events = events.len()))]
     pub async fn publish(&mut self, events: &[OutboxEvent]) -> Result<Duration, PublishError> {
-        let sent = self.send(events).await?;
-        self.acked(sent).await
+        let mut sent = self.send(events).await?;
+        let result = self.acked(&mut sent).await;
+        if result.is_err() {
+            // Its caller resends from its own progress: nothing may be kept.
+            self.discard();
+        }
+        result
     }
 
     /// Enqueues the whole batch and returns without awaiting any ack, so the
@@ -205,7 +224,7 @@ impl Publisher {
     /// the topic first. The send fails instead, and so does the whole window.
     pub async fn send(&mut self, events: &[OutboxEvent]) -> Result<Sent, PublishError> {
         let result = if self.is_stale() && self.outstanding > 0 {
-            Err(PublishError::ConnectionLost)
+            Err(PublishError::Fatal)
         } else {
             self.try_send(events).await
         };
@@ -221,53 +240,66 @@ impl Publisher {
     #[doc(hidden)]
     pub fn mark_stale(&self) {
         if let Some(live) = &self.live {
-            live.stale.0.store(true, Ordering::Relaxed);
+            live.stale.fatal.store(true, Ordering::Relaxed);
         }
     }
 
-    /// Awaits every acknowledgement of `sent` until its deadline. Returns how
-    /// long it took since the enqueue. On `Err` nothing of it may be assumed
-    /// delivered, and the producer has been discarded, which purges every other
-    /// batch still in flight too.
-    pub async fn acked(&mut self, sent: Sent) -> Result<Duration, PublishError> {
-        self.outstanding = self.outstanding.saturating_sub(1);
-        let Sent {
-            deliveries,
-            started,
-            timeout,
-            stale,
-        } = sent;
+    /// Awaits the acknowledgements of `sent` until its deadline. Returns how
+    /// long they took since the enqueue.
+    ///
+    /// On [`PublishError::Timeout`] the producer and every batch in flight are
+    /// kept ([`PublishError::keeps_window`]): librdkafka is still retrying them,
+    /// and the acks that did arrive are not awaited again. On any other error
+    /// nothing of it may be assumed delivered, and the producer has been
+    /// discarded, which purges every other batch in flight too.
+    pub async fn acked(&mut self, sent: &mut Sent) -> Result<Duration, PublishError> {
+        let stale = sent.stale.clone();
+        let waited = sent.deadline.saturating_duration_since(sent.started);
+        let deadline = sent.deadline;
+        let deliveries = &mut sent.deliveries;
         let acks = async {
-            for delivery in deliveries {
+            while let Some(delivery) = deliveries.front_mut() {
                 match delivery.await {
                     Ok(Ok(_)) => {}
                     Ok(Err((err, _))) => return Err(PublishError::Delivery(err)),
                     Err(_) => return Err(PublishError::Canceled),
                 }
+                deliveries.pop_front();
             }
             Ok(())
         };
         let result = tokio::select! {
-            acked = tokio::time::timeout_at((started + timeout).into(), acks) => match acked {
-                Ok(Ok(())) => {
-                    if let Some(live) = &mut self.live {
-                        live.warmed_up = true;
-                    }
-                    Ok(started.elapsed())
-                }
+            acked = tokio::time::timeout_at(deadline.into(), acks) => match acked {
+                Ok(Ok(())) => Ok(()),
                 Ok(Err(err)) => Err(err),
-                Err(_) => Err(PublishError::Timeout(timeout)),
+                Err(_) => Err(PublishError::Timeout(waited)),
             },
-            () = stale.tripped() => Err(PublishError::ConnectionLost),
+            () = stale.tripped() => Err(PublishError::Fatal),
         };
-        if result.is_err() {
-            self.discard();
+        match result {
+            Ok(()) => {
+                if let Some(live) = &mut self.live {
+                    live.warmed_up = true;
+                }
+                self.outstanding = self.outstanding.saturating_sub(1);
+                Ok(sent.started.elapsed())
+            }
+            Err(err) => {
+                if !err.keeps_window() {
+                    self.discard();
+                }
+                Err(err)
+            }
         }
-        result
     }
 
-    /// True once the current producer lost its broker connection: batches in
-    /// flight on it will fail, so don't send more on it.
+    /// Gives a batch whose deadline passed another delivery timeout, from now.
+    pub fn wait_again(&self, sent: &mut Sent) {
+        sent.deadline = Instant::now() + self.delivery_timeout;
+    }
+
+    /// True once the current producer failed fatally: batches in flight on it
+    /// will fail, so don't send more on it.
     pub fn is_stale(&self) -> bool {
         self.live.as_ref().is_some_and(|live| live.stale.is_set())
     }
@@ -285,7 +317,7 @@ impl Publisher {
         let started = Instant::now();
         // Enqueue the whole batch before awaiting anything: one round trip per
         // batch (per partition), not per event.
-        let mut deliveries = Vec::with_capacity(events.len());
+        let mut deliveries = VecDeque::with_capacity(events.len());
         for event in events {
             let mut parts = event.record_parts(&self.ce_source);
             parts.headers.extend(self.extra_headers.iter().cloned());
@@ -293,12 +325,12 @@ impl Publisher {
                 .producer
                 .send_result(parts.record(&self.topic))
                 .map_err(|(err, _)| PublishError::Enqueue(err))?;
-            deliveries.push(delivery);
+            deliveries.push_back(delivery);
         }
         Ok(Sent {
             deliveries,
             started,
-            timeout,
+            deadline: started + timeout,
             stale: live.stale.clone(),
         })
     }
@@ -308,7 +340,7 @@ impl Publisher {
             if !live.stale.is_set() {
                 return Ok(());
             }
-            tracing::info!("kafka producer lost its broker connection; rebuilding it");
+            tracing::info!("kafka producer failed fatally; rebuilding it");
             self.discard();
         }
         let stale = StaleFlag::default();

@@ -221,6 +221,8 @@ impl Relay {
         };
         let mut window = InFlight::new(self.args.max_in_flight_batches as usize);
         let mut reader = Reader::new(self.pool.clone(), self.args.publish.batch_size);
+        // Set after a missed deadline: the window is settled before more is sent.
+        let mut recovering = false;
         loop {
             if shutdown.is_cancelled() {
                 return self
@@ -245,8 +247,9 @@ impl Relay {
             // full; when the producer lost its connection (every batch on it will
             // fail); and before the periodic check, so that `stored` is then
             // exactly what this relay wrote and a reset is not mistaken for it.
-            let settle_first =
-                check_due || window.is_full() || (!window.is_empty() && self.publisher.is_stale());
+            let settle_first = check_due
+                || window.is_full()
+                || (!window.is_empty() && (recovering || self.publisher.is_stale()));
             let outcome = if settle_first {
                 self.settle_oldest(lock, &mut window, &mut checkpoints, &cluster, &mut progress)
                     .await?
@@ -282,21 +285,37 @@ impl Relay {
                     }
                 }
             };
-            if let Err(err) = outcome {
-                // The producer is discarded (everything in flight purged): drop
-                // the window and read again from the checkpoint.
-                window.clear();
-                reader.forget();
-                checkpoints.flush(lock, &name).await?;
-                let delay = progress.retry.after_failure();
-                self.metrics.retries.inc();
-                self.metrics.backoff_seconds.set(delay.as_secs_f64());
-                self.health.set(RelayState::BackingOff);
-                let from = checkpoints.acked();
-                tracing::warn!(error = %err, retry_in = ?delay, %from,
-                    "batch not acknowledged; retrying from the checkpoint");
-                if let Waited::Shutdown = self.wait(lock, delay, false, shutdown).await? {
-                    return Ok(());
+            match outcome {
+                Ok(()) => recovering = false,
+                Err(err) => {
+                    // A missed deadline keeps the producer and the window:
+                    // librdkafka is still retrying them, each record once.
+                    // Anything else discarded the producer (everything in
+                    // flight purged): read again from the checkpoint.
+                    recovering = err.keeps_window();
+                    if !recovering {
+                        window.clear();
+                        reader.forget();
+                    }
+                    checkpoints.flush(lock, &name).await?;
+                    let delay = progress.retry.after_failure();
+                    self.metrics.retries.inc();
+                    self.metrics.backoff_seconds.set(delay.as_secs_f64());
+                    self.health.set(RelayState::BackingOff);
+                    let from = checkpoints.acked();
+                    if recovering {
+                        tracing::warn!(error = %err, retry_in = ?delay, %from,
+                            "batch not acknowledged in time; waiting again for librdkafka's retries");
+                    } else {
+                        tracing::warn!(error = %err, retry_in = ?delay, %from,
+                            "batch not acknowledged; retrying from the checkpoint");
+                    }
+                    if let Waited::Shutdown = self.wait(lock, delay, false, shutdown).await? {
+                        return Ok(());
+                    }
+                    for sent in window.sent_mut() {
+                        self.publisher.wait_again(sent);
+                    }
                 }
             }
         }
@@ -336,10 +355,9 @@ impl Relay {
         cluster: &ClusterState,
         progress: &mut Progress,
     ) -> Result<Result<(), PublishError>, RelayError> {
-        let Some(batch) = window.pop_oldest() else {
+        let Some(oldest) = window.oldest_mut() else {
             return Ok(Ok(()));
         };
-        let end = batch.end();
         // Leadership first: a relay resumed after a freeze finds its lease
         // expired before it looks at acks, and settles nothing more.
         let outcome = tokio::select! {
@@ -348,12 +366,14 @@ impl Relay {
                 self.publisher.discard();
                 return Err(RelayError::Lock(err));
             }
-            outcome = self.publisher.acked(batch.sent) => outcome,
+            outcome = self.publisher.acked(&mut oldest.sent) => outcome,
         };
         let latency = match outcome {
             Ok(latency) => latency,
             Err(err) => return Ok(Err(err)),
         };
+        let batch = window.pop_oldest().expect("settled just above");
+        let end = batch.end();
         let new = StoredCheckpoint {
             checkpoint: end,
             system_identifier: Some(cluster.system_identifier),

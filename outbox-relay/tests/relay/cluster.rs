@@ -3,7 +3,8 @@
 //! real cluster breaks: a partition leader SIGKILLed, a rolling restart of
 //! every broker, the active controller SIGKILLed. Each test asserts that every
 //! committed event arrived, in per-stream order, that the relay never gave up
-//! (still running, leader again), and prints its duplicates.
+//! (still running, leader again), and that at most one window was sent
+//! twice (0 measured); it prints its duplicates.
 //!
 //! The clusters run one at a time: three JVMs each are enough for 2 cores.
 
@@ -86,6 +87,13 @@ impl Drain {
             .read_every_committed_event(&self.db.pool, Duration::from_secs(180))
             .await;
         let duplicates = records.len() - committed;
+        // The producer survives these faults: librdkafka's own retries carry
+        // sequence numbers the brokers deduplicate. At most one window (4
+        // batches of 500) may be sent twice if a window had to be abandoned.
+        assert!(
+            duplicates <= 2_000,
+            "{fault}: {duplicates} duplicates of {committed} events"
+        );
         assert!(
             self.relay.try_exit().is_none(),
             "the relay gave up during {fault}: {}",

@@ -75,7 +75,7 @@ async fn a_stale_producer_with_batches_in_flight_fails_the_window_not_the_order(
     publisher.mark_stale();
     let refused = publisher.send(&second).await;
     assert!(
-        matches!(refused, Err(PublishError::ConnectionLost)),
+        matches!(refused, Err(PublishError::Fatal)),
         "a batch must not go out on a replacement producer while batch N is in flight"
     );
     assert_eq!(
