@@ -84,8 +84,15 @@ impl Checkpoints {
             .unwrap_or_default()
     }
 
-    /// Records the end of a batch whose every ack arrived, and writes it once
-    /// `every` batches are unwritten or the window is empty.
+    /// Records the end of a batch whose every ack arrived; says whether to
+    /// write now: once `every` batches are unwritten, or the window is empty.
+    fn record(&mut self, new: StoredCheckpoint, window_empty: bool, every: u32) -> bool {
+        self.pending = Some(new);
+        self.unwritten += 1;
+        window_empty || self.unwritten >= every
+    }
+
+    /// [`Self::record`], and the write when it is due.
     async fn settled(
         &mut self,
         new: StoredCheckpoint,
@@ -94,12 +101,18 @@ impl Checkpoints {
         lock: &mut LeaderLock,
         name: &str,
     ) -> Result<(), RelayError> {
-        self.pending = Some(new);
-        self.unwritten += 1;
-        if window_empty || self.unwritten >= every {
+        if self.record(new, window_empty, every) {
             self.flush(lock, name).await?;
         }
         Ok(())
+    }
+
+    /// What was written, now that it is: nothing pending.
+    fn written(&mut self) {
+        if let Some(new) = self.pending.take() {
+            self.stored = Some(new);
+            self.unwritten = 0;
+        }
     }
 
     /// Writes the pending progress (compare-and-set against what was stored).
@@ -112,9 +125,7 @@ impl Checkpoints {
             )
             .await
             .map_err(|_| LockError::Deadline(deadline))??;
-            self.stored = Some(new);
-            self.pending = None;
-            self.unwritten = 0;
+            self.written();
         }
         Ok(())
     }
@@ -485,5 +496,50 @@ impl Relay {
                 .max(0);
             self.metrics.commit_to_ack.observe(age as f64 / 1e6);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(position: i64) -> StoredCheckpoint {
+        StoredCheckpoint {
+            checkpoint: Checkpoint {
+                txid: position,
+                position,
+            },
+            system_identifier: Some(7),
+        }
+    }
+
+    #[test]
+    fn the_checkpoint_is_written_once_per_window_or_when_the_window_empties() {
+        let mut checkpoints = Checkpoints::new(Some(stored(0)));
+        assert_eq!(checkpoints.acked(), stored(0).checkpoint);
+        // Four batches in flight: the first three settle without a write...
+        for end in [10, 20, 30] {
+            assert!(!checkpoints.record(stored(end), false, 4));
+            assert_eq!(
+                checkpoints.acked(),
+                stored(end).checkpoint,
+                "acked, not written"
+            );
+        }
+        // ...the fourth is the window's worth.
+        assert!(checkpoints.record(stored(40), false, 4));
+        checkpoints.written();
+        assert_eq!(checkpoints.stored, Some(stored(40)));
+        assert_eq!(checkpoints.pending, None);
+        // A batch that empties the window is written at once.
+        assert!(checkpoints.record(stored(50), true, 4));
+        checkpoints.written();
+        assert_eq!(checkpoints.acked(), stored(50).checkpoint);
+    }
+
+    #[test]
+    fn without_a_stored_checkpoint_everything_after_the_start_is_unacked() {
+        let checkpoints = Checkpoints::new(None);
+        assert_eq!(checkpoints.acked(), Checkpoint::default());
     }
 }
