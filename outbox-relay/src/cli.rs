@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::checkpoint::{self, Checkpoint, StoredCheckpoint};
-use crate::config::{Cli, Command, LogFormat, ResetArgs};
+use crate::config::{Cli, Command, LogFormat, ParkedAction, ParkedArgs, ResetArgs};
+use crate::parked::{self, Action};
 use crate::restore;
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -27,6 +28,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Tail(args) => crate::tail::run(args, shutdown).await,
         Command::ResetCheckpoint(args) => reset_checkpoint(args).await,
         Command::Replay(args) => crate::replay::run(args, shutdown).await,
+        Command::Parked(args) => parked(args).await,
     }
 }
 
@@ -99,5 +101,47 @@ async fn reset_checkpoint(args: ResetArgs) -> anyhow::Result<()> {
         ),
     }
     println!("a running relay picks this up within its poll interval");
+    Ok(())
+}
+
+/// `parked list|retry|skip`: reads or marks `relay_parked`; the running
+/// relay acts on a mark within its poll interval.
+async fn parked(args: ParkedArgs) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(&args.database_url)
+        .await
+        .context("connecting to Postgres")?;
+    let name = &args.relay_name;
+    let (target, action) = match args.action {
+        ParkedAction::List => {
+            let streams = parked::list(&mut conn, name).await?;
+            if streams.is_empty() {
+                println!("relay `{name}`: no parked stream");
+            }
+            for p in streams {
+                println!(
+                    "stream {}  event {} at {}  parked {}  action {}\n  {}",
+                    p.aggregate_id,
+                    p.event_id,
+                    p.at,
+                    p.parked_at.to_rfc3339(),
+                    p.action.map_or("none", |a| if a == Action::Retry {
+                        "retry"
+                    } else {
+                        "skip"
+                    }),
+                    p.error
+                );
+            }
+            return Ok(());
+        }
+        ParkedAction::Retry(target) => (target, Action::Retry),
+        ParkedAction::Skip(target) => (target, Action::Skip),
+    };
+    let marked = parked::mark(&mut conn, name, target.stream, action).await?;
+    anyhow::ensure!(marked > 0, "relay `{name}`: no such parked stream");
+    println!(
+        "relay `{name}`: {marked} parked stream(s) marked {action:?}; \
+         the running relay publishes them within its poll interval"
+    );
     Ok(())
 }

@@ -36,6 +36,45 @@ pub enum Command {
     ResetCheckpoint(ResetArgs),
     /// Re-publish a slice of the event log, marked as a replay (docs/replay.md).
     Replay(ReplayArgs),
+    /// Streams parked behind an event Kafka refused for good: list them, or
+    /// have the running relay publish them again (retry) or without it (skip).
+    Parked(ParkedArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ParkedArgs {
+    /// Postgres holding `relay_parked`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Relay whose parked streams these are.
+    #[arg(long, env = "RELAY_NAME", default_value = "default")]
+    pub relay_name: String,
+
+    #[command(subcommand)]
+    pub action: ParkedAction,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ParkedAction {
+    /// Every parked stream: the refused event, Kafka's error, the action asked.
+    List,
+    /// Publish the refused event again, then the stream's later ones (once the
+    /// cause is fixed, e.g. the topic's max.message.bytes raised).
+    Retry(ParkedTarget),
+    /// Leave the refused event out, and publish the stream's later ones.
+    Skip(ParkedTarget),
+}
+
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct ParkedTarget {
+    /// The parked stream (its id, the record key).
+    #[arg(long)]
+    pub stream: Option<uuid::Uuid>,
+    /// Every parked stream of the relay.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Debug, Clone, Args)]

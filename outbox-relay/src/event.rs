@@ -94,6 +94,18 @@ impl OutboxEvent {
 }
 
 impl RecordParts {
+    /// The record's size before compression, as Kafka's record format counts
+    /// it: key, value, header names and values, and ~70 bytes of framing.
+    pub fn size(&self) -> usize {
+        const FRAMING: usize = 70;
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum();
+        FRAMING + self.key.len() + self.value.len() + headers
+    }
+
     pub fn record<'a>(&'a self, topic: &'a str) -> FutureRecord<'a, str, [u8]> {
         let headers = self.headers.iter().fold(
             OwnedHeaders::new_with_capacity(self.headers.len()),

@@ -65,6 +65,11 @@ impl<S> InFlight<S> {
         self.batches.push_back(Batch { events, sent });
     }
 
+    /// The oldest batch, to look at.
+    pub fn oldest(&self) -> Option<&Batch<S>> {
+        self.batches.front()
+    }
+
     /// The oldest batch: the only one whose acks may be awaited next. It stays
     /// in the window until [`Self::pop_oldest`], so a missed deadline keeps it.
     pub fn oldest_mut(&mut self) -> Option<&mut Batch<S>> {

@@ -13,6 +13,8 @@
 //!   reads and writes checkpoints, so a relay without the lock can do neither.
 //! - [`reader`]: the gap-safe read below the transaction horizon, and backlog stats.
 //! - [`checkpoint`]: `(txid, position)` per relay name, compare-and-set.
+//! - [`parked`]: streams parked behind an event Kafka refused for good, and
+//!   what an operator asked for them (retry, skip).
 //! - [`restore`]: refuses to run when the cluster looks restored (txids from the
 //!   future, or another system identifier).
 //! - [`event`]: an event row and its Kafka record (key, value, CloudEvents headers).
@@ -38,6 +40,7 @@ pub mod health;
 pub mod in_flight;
 pub mod leader;
 pub mod metrics;
+pub mod parked;
 pub mod publisher;
 pub mod reader;
 pub mod relay;

@@ -26,6 +26,7 @@ pub struct RelayMetrics {
     pub horizon_holdback_seconds: SecondsGauge,
     pub leader: Gauge,
     pub restore_detected: Gauge,
+    pub parked_events: Gauge,
 }
 
 impl Default for RelayMetrics {
@@ -52,6 +53,7 @@ impl RelayMetrics {
             horizon_holdback_seconds: SecondsGauge::default(),
             leader: Gauge::default(),
             restore_detected: Gauge::default(),
+            parked_events: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -114,6 +116,11 @@ impl RelayMetrics {
             "leader",
             "1 while this instance holds the leader lock",
             m.leader.clone(),
+        );
+        r.register(
+            "parked_events",
+            "Streams parked behind an event Kafka refused for good (outbox-relay parked list)",
+            m.parked_events.clone(),
         );
         r.register(
             "restore_detected",

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, DeliveryFuture, FutureProducer, Producer};
@@ -63,6 +64,31 @@ pub enum PublishError {
     Timeout(Duration),
     #[error("the producer failed fatally")]
     Fatal,
+    /// Kafka refused the batch's record at `index` for good: no resend of the
+    /// same record can succeed. The relay parks its stream.
+    #[error("Kafka refused the record for good: {source}")]
+    Rejected {
+        index: usize,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// Errors no resend of the same record can fix: its size, its timestamp, its
+/// content, or the topic's permissions.
+fn refuses_the_record(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidTimestamp
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::UnsupportedForMessageFormat
+                | RDKafkaErrorCode::PolicyViolation
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+        )
+    )
 }
 
 impl PublishError {
@@ -130,6 +156,8 @@ impl ClientContext for StaleFlag {
 pub struct Sent {
     /// The acks still awaited, in send order.
     deliveries: VecDeque<DeliveryFuture>,
+    /// The batch's size: the awaited ack's index is `total - deliveries.len()`.
+    total: usize,
     started: Instant,
     /// The batch's own deadline, however long it waits its turn; moved on by
     /// [`Publisher::wait_again`] after a missed one.
@@ -154,6 +182,8 @@ pub struct Publisher {
     delivery_timeout: Duration,
     warmup_timeout: Duration,
     live: Option<LiveProducer>,
+    /// The topic's `max.message.bytes`, learned when a producer is built.
+    record_limit: Option<usize>,
     /// Batches sent on `live` whose acks are not awaited yet: while there are
     /// any, a stale producer is never replaced (see [`Self::send`]).
     outstanding: usize,
@@ -187,6 +217,7 @@ impl Publisher {
             delivery_timeout: args.delivery_timeout,
             warmup_timeout: args.warmup_timeout,
             live: None,
+            record_limit: None,
             outstanding: 0,
             on_build,
         })
@@ -235,6 +266,38 @@ impl Publisher {
         result
     }
 
+    /// The first of `events` whose record is larger than the topic accepts
+    /// (`max.message.bytes`, before compression): Kafka would refuse it, and
+    /// refuse it after later events of its stream in the same window went out.
+    pub fn first_oversized(&self, events: &[OutboxEvent]) -> Option<usize> {
+        let limit = self.record_limit?;
+        events.iter().position(|event| {
+            let mut parts = event.record_parts(&self.ce_source);
+            parts.headers.extend(self.extra_headers.iter().cloned());
+            parts.size() > limit
+        })
+    }
+
+    /// The topic's `max.message.bytes`; `None` if it cannot be read (e.g. no
+    /// DescribeConfigs permission): then only the broker's refusal tells.
+    async fn read_record_limit(&self) -> Option<usize> {
+        let admin: AdminClient<DefaultClientContext> = self.config.create().ok()?;
+        let options = AdminOptions::new().request_timeout(Some(self.warmup_timeout));
+        let resources = admin
+            .describe_configs([&ResourceSpecifier::Topic(&self.topic)], &options)
+            .await
+            .ok()?;
+        let resource = resources.into_iter().next()?.ok()?;
+        let limit = resource
+            .get("max.message.bytes")?
+            .value
+            .as_ref()?
+            .parse()
+            .ok();
+        tracing::debug!(topic = %self.topic, ?limit, "topic record limit");
+        limit
+    }
+
     /// Marks the producer stale, as librdkafka does when it loses a broker
     /// connection: for tests that force the race between a read and a send.
     #[doc(hidden)]
@@ -256,11 +319,15 @@ impl Publisher {
         let stale = sent.stale.clone();
         let waited = sent.deadline.saturating_duration_since(sent.started);
         let deadline = sent.deadline;
-        let deliveries = &mut sent.deliveries;
+        let (total, deliveries) = (sent.total, &mut sent.deliveries);
         let acks = async {
             while let Some(delivery) = deliveries.front_mut() {
                 match delivery.await {
                     Ok(Ok(_)) => {}
+                    Ok(Err((err, _))) if refuses_the_record(&err) => {
+                        let index = total - deliveries.len();
+                        return Err(PublishError::Rejected { index, source: err });
+                    }
                     Ok(Err((err, _))) => return Err(PublishError::Delivery(err)),
                     Err(_) => return Err(PublishError::Canceled),
                 }
@@ -318,16 +385,23 @@ impl Publisher {
         // Enqueue the whole batch before awaiting anything: one round trip per
         // batch (per partition), not per event.
         let mut deliveries = VecDeque::with_capacity(events.len());
-        for event in events {
+        for (index, event) in events.iter().enumerate() {
             let mut parts = event.record_parts(&self.ce_source);
             parts.headers.extend(self.extra_headers.iter().cloned());
             let delivery = live
                 .producer
                 .send_result(parts.record(&self.topic))
-                .map_err(|(err, _)| PublishError::Enqueue(err))?;
+                .map_err(|(err, _)| {
+                    if refuses_the_record(&err) {
+                        PublishError::Rejected { index, source: err }
+                    } else {
+                        PublishError::Enqueue(err)
+                    }
+                })?;
             deliveries.push_back(delivery);
         }
         Ok(Sent {
+            total: deliveries.len(),
             deliveries,
             started,
             deadline: started + timeout,
@@ -374,6 +448,7 @@ impl Publisher {
         };
         match metadata {
             Ok(()) => {
+                self.record_limit = self.read_record_limit().await;
                 self.live = Some(LiveProducer {
                     producer,
                     stale,

@@ -11,6 +11,22 @@ use tokio::task::JoinHandle;
 use crate::checkpoint::Checkpoint;
 use crate::event::OutboxEvent;
 
+/// Leaves out the events of streams parked at or before them (the argument is
+/// the placeholder of the relay's name): they wait in `relay_parked` (see
+/// [`crate::parked`]).
+macro_rules! not_parked {
+    ($name:literal) => {
+        concat!(
+            "
+   and not exists (select 1 from relay_parked p
+                   where p.relay_name = ",
+            $name,
+            " and p.aggregate_id = event_log.aggregate_id
+                     and (event_log.txid, event_log.position) >= (p.txid, p.position))"
+        )
+    };
+}
+
 /// The batch read. The ORDER BY names the table's columns: a bare `txid` would
 /// mean the `txid::text::bigint` output column, which no index serves, so
 /// every read would sort the whole backlog (a quadratic drain).
@@ -20,15 +36,19 @@ pub const READ_BATCH_SQL: &str = concat!(
     "
  from event_log
  where txid < pg_snapshot_xmin(pg_current_snapshot())
-   and (txid, position) > ($1::bigint::text::xid8, $2)
+   and (txid, position) > ($1::bigint::text::xid8, $2)",
+    not_parked!("$4"),
+    "
  order by event_log.txid, event_log.position
  limit $3"
 );
 
-/// The next events after `after`, at most `limit`, in publishing order.
+/// The next events after `after`, at most `limit`, in publishing order,
+/// leaving out the streams `relay_name` has parked.
 #[tracing::instrument(skip_all, fields(after = %after, limit))]
 pub async fn read_batch(
     conn: &mut PgConnection,
+    relay_name: &str,
     after: Checkpoint,
     limit: u32,
 ) -> Result<Vec<OutboxEvent>, sqlx::Error> {
@@ -36,6 +56,7 @@ pub async fn read_batch(
         .bind(after.txid)
         .bind(after.position)
         .bind(i64::from(limit))
+        .bind(relay_name)
         .fetch_all(conn)
         .await
 }
@@ -49,6 +70,7 @@ const READ_AHEAD_BATCHES: usize = 2;
 /// and writing the checkpoint instead of adding to them.
 pub struct Reader {
     pool: PgPool,
+    relay_name: String,
     batch_size: u32,
     ahead: Option<Ahead>,
 }
@@ -63,9 +85,10 @@ struct Ahead {
 }
 
 impl Reader {
-    pub fn new(pool: PgPool, batch_size: u32) -> Self {
+    pub fn new(pool: PgPool, relay_name: &str, batch_size: u32) -> Self {
         Self {
             pool,
+            relay_name: relay_name.to_owned(),
             batch_size,
             ahead: None,
         }
@@ -79,7 +102,7 @@ impl Reader {
     pub async fn next(&mut self, after: Checkpoint) -> Result<Vec<OutboxEvent>, sqlx::Error> {
         let batch = match self.take_ahead(after).await {
             Some(batch) => batch?,
-            None => read_with(&self.pool, after, self.batch_size).await?,
+            None => read_with(&self.pool, &self.relay_name, after, self.batch_size).await?,
         };
         match &mut self.ahead {
             Some(ahead) => {
@@ -117,10 +140,11 @@ impl Reader {
     fn start_ahead(&mut self, from: Checkpoint) {
         let (tx, batches) = mpsc::channel(READ_AHEAD_BATCHES);
         let (pool, limit) = (self.pool.clone(), self.batch_size);
+        let name = self.relay_name.clone();
         let task = tokio::spawn(async move {
             let mut after = from;
             loop {
-                let read = read_with(&pool, after, limit).await;
+                let read = read_with(&pool, &name, after, limit).await;
                 let more = read
                     .as_ref()
                     .ok()
@@ -149,7 +173,7 @@ impl Reader {
     }
 
     pub async fn any_held_back(&self, after: Checkpoint) -> Result<bool, sqlx::Error> {
-        any_held_back(&mut *self.pool.acquire().await?, after).await
+        any_held_back(&mut *self.pool.acquire().await?, &self.relay_name, after).await
     }
 }
 
@@ -171,32 +195,41 @@ fn continues_at(batch: &[OutboxEvent], limit: u32) -> Option<Checkpoint> {
 
 async fn read_with(
     pool: &PgPool,
+    relay_name: &str,
     after: Checkpoint,
     limit: u32,
 ) -> Result<Vec<OutboxEvent>, sqlx::Error> {
-    read_batch(&mut *pool.acquire().await?, after, limit).await
+    read_batch(&mut *pool.acquire().await?, relay_name, after, limit).await
 }
 
 /// The held-back probe: is there any event after the checkpoint, readable or
 /// not. A first-row lookup in index order, not `exists (…)`: Postgres drops the
 /// ORDER BY and LIMIT inside an EXISTS, and the generic plan it settles on after
 /// a few executions then scans the whole table (146 ms on 200,000 rows, every
-/// time the relay caught up) instead of one index probe.
-pub const HELD_BACK_SQL: &str = "select true from event_log
- where (txid, position) > ($1::bigint::text::xid8, $2)
+/// time the relay caught up) instead of one index probe. Parked streams are
+/// left out: they are not held back by the horizon, and would keep the relay
+/// re-reading.
+pub const HELD_BACK_SQL: &str = concat!(
+    "select true from event_log
+ where (txid, position) > ($1::bigint::text::xid8, $2)",
+    not_parked!("$3"),
+    "
  order by event_log.txid, event_log.position
- limit 1";
+ limit 1"
+);
 
 /// Whether committed events after `after` exist that the horizon holds back.
 /// Their release comes with no notification (the transaction holding the horizon
 /// may write no event), so the relay re-reads soon instead of at the next poll.
 pub async fn any_held_back(
     conn: &mut PgConnection,
+    relay_name: &str,
     after: Checkpoint,
 ) -> Result<bool, sqlx::Error> {
     let found: Option<bool> = sqlx::query_scalar(HELD_BACK_SQL)
         .bind(after.txid)
         .bind(after.position)
+        .bind(relay_name)
         .fetch_optional(conn)
         .await?;
     Ok(found.is_some())

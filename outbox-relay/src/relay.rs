@@ -22,6 +22,7 @@ use crate::health::{Health, RelayState};
 use crate::in_flight::InFlight;
 use crate::leader::{self, LeaderLock, LeaseSettings, LockError};
 use crate::metrics::RelayMetrics;
+use crate::parked;
 use crate::publisher::{PublishError, Publisher};
 use crate::reader::Reader;
 use crate::restore::{self, ClusterState};
@@ -231,9 +232,13 @@ impl Relay {
             first_batch: true,
         };
         let mut window = InFlight::new(self.args.max_in_flight_batches as usize);
-        let mut reader = Reader::new(self.pool.clone(), self.args.publish.batch_size);
+        let mut reader = Reader::new(self.pool.clone(), &name, self.args.publish.batch_size);
         // Set after a missed deadline: the window is settled before more is sent.
         let mut recovering = false;
+        // After Kafka refused a record of a window: up to this point, publish one
+        // event at a time, so the refusal names the event and not its neighbours
+        // in the same produce request.
+        let mut isolate_through: Option<Checkpoint> = None;
         loop {
             if shutdown.is_cancelled() {
                 return self
@@ -251,8 +256,14 @@ impl Relay {
                     None => return Ok(()),
                 }
                 checkpoints = Checkpoints::new(stored);
+                self.redrive_parked(lock, &checkpoints).await?;
                 last_check = Instant::now();
                 continue;
+            }
+            let isolating =
+                isolate_through.is_some_and(|end| window.read_ahead(checkpoints.acked()) < end);
+            if !isolating {
+                isolate_through = None;
             }
             // Settle the oldest batch before sending more when the window is
             // full; when the producer lost its connection (every batch on it will
@@ -260,22 +271,44 @@ impl Relay {
             // exactly what this relay wrote and a reset is not mistaken for it.
             let settle_first = check_due
                 || window.is_full()
-                || (!window.is_empty() && (recovering || self.publisher.is_stale()));
+                || (!window.is_empty() && (recovering || isolating || self.publisher.is_stale()));
+            // The batch whose send failed, to name a refused event.
+            let mut unsent: Option<Vec<OutboxEvent>> = None;
             let outcome = if settle_first {
                 self.settle_oldest(lock, &mut window, &mut checkpoints, &cluster, &mut progress)
                     .await?
             } else {
                 let after = window.read_ahead(checkpoints.acked());
-                let batch = reader.next(after).await.map_err(RelayError::Read)?;
+                let mut batch = reader.next(after).await.map_err(RelayError::Read)?;
+                if isolating && batch.len() > 1 {
+                    batch.truncate(1);
+                    reader.forget();
+                }
+                // A record the topic would refuse parks its stream before it
+                // is sent, with the stream's later events in this batch.
+                while let Some(index) = self.publisher.first_oversized(&batch) {
+                    let refused = batch[index].clone();
+                    let limit = "larger than the topic's max.message.bytes";
+                    self.park_for(lock, &refused, limit).await?;
+                    let at = refused.checkpoint();
+                    batch.retain(|e| e.aggregate_id != refused.aggregate_id || e.checkpoint() < at);
+                    reader.forget();
+                }
                 if !batch.is_empty() {
                     // Never a batch from a relay that may have lost the lead:
                     // its lease or session is checked first (docs/relay.md).
                     lock.ensure_leading().await?;
                     // Enqueue only: its acks are awaited once it is the oldest.
-                    self.publisher
-                        .send(&batch)
-                        .await
-                        .map(|sent| window.push(batch, sent))
+                    match self.publisher.send(&batch).await {
+                        Ok(sent) => {
+                            window.push(batch, sent);
+                            Ok(())
+                        }
+                        Err(err) => {
+                            unsent = Some(batch);
+                            Err(err)
+                        }
+                    }
                 } else if !window.is_empty() {
                     // Caught up: nothing more to read until older batches settle.
                     self.settle_oldest(lock, &mut window, &mut checkpoints, &cluster, &mut progress)
@@ -298,6 +331,36 @@ impl Relay {
             };
             match outcome {
                 Ok(()) => recovering = false,
+                Err(PublishError::Rejected { index, source }) => {
+                    // The producer is gone with everything in flight. Kafka
+                    // refused a record: find which (one event at a time) and
+                    // park its stream; the rest of the log goes on.
+                    let events = unsent
+                        .as_deref()
+                        .or_else(|| window.oldest().map(|b| b.events.as_slice()));
+                    let refused = events.and_then(|events| events.get(index)).cloned();
+                    let alone = events.is_some_and(|events| events.len() == 1);
+                    let through = unsent
+                        .as_ref()
+                        .and_then(|b| b.last())
+                        .map(OutboxEvent::checkpoint)
+                        .unwrap_or_default()
+                        .max(window.read_ahead(checkpoints.acked()));
+                    window.clear();
+                    reader.forget();
+                    recovering = false;
+                    checkpoints.flush(lock, &name).await?;
+                    match refused {
+                        Some(event) if isolating || alone => {
+                            self.park(lock, &event, &source).await?;
+                        }
+                        _ => {
+                            tracing::warn!(error = %source, %through,
+                                "Kafka refused a record; publishing one event at a time to find it");
+                            isolate_through = Some(through);
+                        }
+                    }
+                }
                 Err(err) => {
                     // A missed deadline keeps the producer and the window:
                     // librdkafka is still retrying them, each record once.
@@ -481,6 +544,89 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// Parks `event`'s stream: Kafka refused it for good.
+    async fn park(
+        &self,
+        lock: &mut LeaderLock,
+        event: &OutboxEvent,
+        error: &rdkafka::error::KafkaError,
+    ) -> Result<(), RelayError> {
+        self.park_for(lock, event, &error.to_string()).await
+    }
+
+    async fn park_for(
+        &self,
+        lock: &mut LeaderLock,
+        event: &OutboxEvent,
+        error: &str,
+    ) -> Result<(), RelayError> {
+        let name = &self.args.relay_name;
+        leader::within(
+            lock.deadline(),
+            parked::park(lock.conn(), name, event, error),
+        )
+        .await?;
+        self.metrics.parked_events.inc();
+        tracing::error!(stream = %event.aggregate_id, event_id = %event.event_id,
+            position = event.position, %error,
+            "Kafka refused an event for good; its stream is parked behind it \
+             (outbox-relay parked list, then retry or skip)");
+        Ok(())
+    }
+
+    /// Publishes the held events of every parked stream an operator marked
+    /// (`parked retry|skip`), one at a time and in order, up to the checkpoint
+    /// (later ones are read as usual once the row is gone); then unparks it.
+    /// Refused again, the stream stays parked at the refused event. Called with
+    /// an empty window, so nothing of the stream is in flight.
+    async fn redrive_parked(
+        &mut self,
+        lock: &mut LeaderLock,
+        checkpoints: &Checkpoints,
+    ) -> Result<(), RelayError> {
+        let name = self.args.relay_name.clone();
+        let all = leader::within(lock.deadline(), parked::list(lock.conn(), &name)).await?;
+        self.metrics.parked_events.set(all.len() as i64);
+        for stream in all.into_iter().filter(|p| p.action.is_some()) {
+            let held = leader::within(
+                lock.deadline(),
+                parked::held_events(lock.conn(), &stream, checkpoints.acked()),
+            )
+            .await?;
+            let mut refused = None;
+            for event in &held {
+                lock.ensure_leading().await?;
+                match self.publisher.publish(std::slice::from_ref(event)).await {
+                    Ok(latency) => self.record_success(std::slice::from_ref(event), latency),
+                    Err(PublishError::Rejected { source, .. }) => {
+                        refused = Some((event, source));
+                        break;
+                    }
+                    Err(err) => {
+                        // Transient: the row keeps its action; tried again later.
+                        tracing::warn!(error = %err, stream = %stream.aggregate_id,
+                            "publishing a parked stream failed; trying again at the next check");
+                        return Ok(());
+                    }
+                }
+            }
+            match refused {
+                Some((event, source)) => self.park(lock, event, &source).await?,
+                None => {
+                    leader::within(
+                        lock.deadline(),
+                        parked::release(lock.conn(), &name, stream.aggregate_id),
+                    )
+                    .await?;
+                    self.metrics.parked_events.dec();
+                    tracing::info!(stream = %stream.aggregate_id, events = held.len(),
+                        action = ?stream.action, "parked stream published and released");
+                }
+            }
+        }
+        Ok(())
     }
 
     fn record_success(&self, batch: &[OutboxEvent], latency: Duration) {

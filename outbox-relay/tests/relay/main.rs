@@ -12,6 +12,7 @@ mod gap_safety;
 mod kafka_security;
 mod leadership;
 mod observability;
+mod parking;
 mod producer_rebuild;
 mod query_plans;
 mod replay;

@@ -31,6 +31,18 @@ impl Broker {
         Self::with_topic(bootstrap, None).await
     }
 
+    /// The shared broker, with a new topic that has these topic `configs`.
+    pub async fn shared_with(configs: &[(&str, &str)]) -> Self {
+        let bootstrap = or_panic(kafka::shared_bootstrap().await);
+        let topic = unique_topic();
+        or_panic(kafka::create_topic(&bootstrap, &topic, PARTITIONS, configs).await);
+        Self {
+            bootstrap,
+            topic,
+            cluster: None,
+        }
+    }
+
     /// A single node of this test's own, with the topic.
     pub async fn own() -> Self {
         Self::on(or_panic(Cluster::single(&scratch_dir("kafka")).await)).await
