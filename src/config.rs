@@ -54,6 +54,15 @@ pub struct Settings {
     #[arg(long, env = "MAX_IN_FLIGHT_REQUESTS", default_value_t = 512)]
     pub max_in_flight_requests: usize,
 
+    /// Long-polls (`GET /v1/events?wait=N`) open at once; past it, 503. They
+    /// never count against MAX_IN_FLIGHT_REQUESTS.
+    #[arg(long, env = "LONG_POLL_MAX", default_value_t = 1024)]
+    pub long_poll_max: usize,
+
+    /// Long-polls open at once per user; past it, 429.
+    #[arg(long, env = "LONG_POLL_PER_USER", default_value_t = 4)]
+    pub long_poll_per_user: usize,
+
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -75,6 +84,8 @@ impl Settings {
             presence_window: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
             max_in_flight_requests: 512,
+            long_poll_max: 1024,
+            long_poll_per_user: 4,
             shutdown_grace: Duration::from_secs(5),
         }
     }

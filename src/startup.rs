@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::TokenKeys,
     config::Settings,
-    http::{self, ops, AppState},
+    http::{self, long_poll::LongPolls, ops, AppState},
     notifier::EventNotifier,
     presence::ViewerPresence,
 };
@@ -73,6 +73,13 @@ impl Application {
             notifier: EventNotifier::default(),
             request_timeout: settings.request_timeout,
             in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight_requests)),
+            // A quarter of the pool at most for long-polls' reads: the rest stays
+            // for commands and reads, however many long-polls are open.
+            long_polls: Arc::new(LongPolls::new(
+                settings.long_poll_max,
+                settings.long_poll_per_user,
+                (settings.db_max_connections / 4) as usize,
+            )),
         };
         let listener = TcpListener::bind(settings.bind_addr)
             .await
@@ -92,6 +99,11 @@ impl Application {
 
     pub fn pool(&self) -> &PgPool {
         &self.state.pool
+    }
+
+    /// The long-polls' budget, to observe (tests count their reads).
+    pub fn long_polls(&self) -> Arc<LongPolls> {
+        self.state.long_polls.clone()
     }
 
     /// The router, for driving handlers in-process (`tower::ServiceExt::oneshot`).

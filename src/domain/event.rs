@@ -12,6 +12,13 @@ pub enum StreamEventType {
 }
 
 impl StreamEventType {
+    pub const ALL: [StreamEventType; 2] = [StreamEventType::Started, StreamEventType::Ended];
+
+    /// The type named `raw`, if there is one.
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == raw)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             StreamEventType::Started => "stream.started",

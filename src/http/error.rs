@@ -55,6 +55,15 @@ pub enum ApiError {
     /// 503: Redis (viewer presence) did not answer in time.
     #[error("viewer presence unavailable")]
     PresenceUnavailable,
+    /// 429 with `Retry-After`: this caller is over one of its limits.
+    #[error("too many requests, retry after {retry_after_secs} s")]
+    RateLimited {
+        code: &'static str,
+        retry_after_secs: u64,
+    },
+    /// 503 with `Retry-After`: every long-poll slot is taken.
+    #[error("too many long-polls open, retry shortly")]
+    LongPollsExhausted,
     /// 503 with `Retry-After`: too many requests in flight; shed, not queued.
     #[error("server overloaded, retry shortly")]
     Overloaded,
@@ -118,6 +127,8 @@ impl ApiError {
             Self::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             Self::DatabaseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
             Self::PresenceUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "presence_unavailable"),
+            Self::RateLimited { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
+            Self::LongPollsExhausted => (StatusCode::SERVICE_UNAVAILABLE, "long_polls_exhausted"),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -143,13 +154,20 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
-        if matches!(
-            self,
-            Self::DatabaseUnavailable | Self::PresenceUnavailable | Self::Overloaded
-        ) {
+        let retry_after = match &self {
+            Self::RateLimited {
+                retry_after_secs, ..
+            } => Some((*retry_after_secs).max(1)),
+            Self::DatabaseUnavailable
+            | Self::PresenceUnavailable
+            | Self::Overloaded
+            | Self::LongPollsExhausted => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

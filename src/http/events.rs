@@ -12,15 +12,14 @@ use uuid::Uuid;
 use super::error::{ApiError, ErrorBody, Result};
 use super::extract::{ApiQuery, AuthUser};
 use super::AppState;
-use crate::store::{EventLog, LogCursor, LogFilter, LoggedEvent};
+use crate::domain::StreamEventType;
+use crate::notifier::EventNotifier;
+use crate::store::{EventLog, LogCursor, LogFilter, LogPage, LoggedEvent};
 
 /// The scope a token needs to read events.
 pub const READ_SCOPE: &str = "events:read";
 /// The longest `wait` a client may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
-/// While long-polling, look again this often even without a notification: the
-/// horizon also moves when a transaction *without* events commits.
-const REPOLL: Duration = Duration::from_millis(250);
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/events", get(read_events))
@@ -34,7 +33,7 @@ pub struct EventParams {
     pub limit: Option<u32>,
     /// Only this stream's events.
     pub aggregate_id: Option<Uuid>,
-    /// Only events of this type, e.g. `stream.ended`.
+    /// Only events of this type: `stream.started` or `stream.ended`.
     #[serde(rename = "type")]
     pub event_type: Option<String>,
     /// Seconds (≤ 30) to wait for new events when there are none yet.
@@ -44,7 +43,9 @@ pub struct EventParams {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventPage {
     pub events: Vec<LoggedEvent>,
-    /// Pass as `after` to continue; equals the request's cursor when the page is empty.
+    /// Pass as `after` to continue. Past the page's last event, and, when the
+    /// page is short, past every event the read skipped (filters), so the next
+    /// read does not scan them again.
     pub next: String,
 }
 
@@ -66,7 +67,9 @@ pub fn decode_cursor(text: &str) -> Option<LogCursor> {
 /// Events in commit-safe order, page by page.
 #[utoipa::path(get, path = "/v1/events", params(EventParams),
     responses((status = 200, body = EventPage), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "token lacks events:read")),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "token lacks events:read"),
+        (status = 429, body = ErrorBody, description = "this user has too many long-polls open"),
+        (status = 503, body = ErrorBody, description = "every long-poll slot is taken, or Postgres is unavailable")),
     security(("bearer" = ["events:read"])))]
 #[tracing::instrument(skip_all)]
 pub async fn read_events(
@@ -95,32 +98,66 @@ pub async fn read_events(
             "wait must be at most 30 seconds",
         ));
     }
+    let event_type = params
+        .event_type
+        .map(|raw| {
+            StreamEventType::parse(&raw).ok_or_else(|| {
+                let names: Vec<_> = StreamEventType::ALL.iter().map(|t| t.as_str()).collect();
+                ApiError::bad_request(
+                    "unknown_event_type",
+                    format!("type must be one of: {}", names.join(", ")),
+                )
+            })
+        })
+        .transpose()?;
     let filter = LogFilter {
         aggregate_id: params.aggregate_id,
-        event_type: params.event_type,
+        event_type: event_type.map(|t| t.as_str().to_owned()),
     };
+    let limit = i64::from(limit);
 
-    let deadline = Instant::now() + wait;
-    loop {
-        // Register for the wake-up before reading, so a commit in between is not missed.
-        let notified = state.notifier.notify().notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-
+    if wait.is_zero() {
         let mut conn = state.pool.acquire().await?;
-        let events = EventLog::read_after(&mut conn, cursor, &filter, i64::from(limit)).await?;
-        drop(conn);
-        if !events.is_empty() || Instant::now() >= deadline {
-            let next = events.last().map_or(cursor, LoggedEvent::cursor);
+        let page = EventLog::read_after(&mut conn, cursor, &filter, limit).await?;
+        return Ok(Json(EventPage::from(page)));
+    }
+
+    // A long-poll: its own slots (not an in-flight permit), a shared handful of
+    // pool connections for its reads, none while it waits.
+    let _slot = state.long_polls.open(user.user_id)?;
+    let deadline = Instant::now() + wait;
+    let mut head = state.notifier.subscribe();
+    let mut cursor = cursor;
+    loop {
+        let page = {
+            let _permit = state.long_polls.db_permit().await;
+            let mut conn = state.pool.acquire().await?;
+            EventLog::read_after(&mut conn, cursor, &filter, limit).await?
+        };
+        if !page.events.is_empty() {
+            return Ok(Json(EventPage::from(page)));
+        }
+        cursor = page.next;
+        let moved = tokio::time::timeout_at(
+            deadline,
+            head.wait_for(|h| EventNotifier::is_past(h, cursor)),
+        )
+        .await;
+        // At the deadline (or at shutdown, when the notifier is gone): an empty page.
+        if !matches!(moved, Ok(Ok(_))) {
             return Ok(Json(EventPage {
-                events,
-                next: encode_cursor(next),
+                events: vec![],
+                next: encode_cursor(cursor),
             }));
         }
-        tokio::select! {
-            () = &mut notified => {}
-            () = tokio::time::sleep(REPOLL) => {}
-            () = tokio::time::sleep_until(deadline) => {}
+    }
+}
+
+impl From<LogPage> for EventPage {
+    fn from(page: LogPage) -> Self {
+        Self {
+            events: page.events,
+            next: encode_cursor(page.next),
         }
     }
 }

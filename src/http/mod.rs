@@ -3,6 +3,7 @@
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod long_poll;
 pub mod openapi;
 pub mod ops;
 pub mod streams;
@@ -17,6 +18,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::{auth::TokenKeys, notifier::EventNotifier, presence::ViewerPresence};
 use error::ApiError;
+use long_poll::LongPolls;
 
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -31,7 +33,9 @@ pub struct AppState {
     pub notifier: EventNotifier,
     pub request_timeout: Duration,
     /// Permits for API requests in flight (tokio's semaphore: awaited nowhere, only `try_acquire`d).
+    /// Long-polls never take one: they have [`LongPolls`].
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    pub long_polls: Arc<LongPolls>,
 }
 
 pub fn router(state: AppState) -> Router {

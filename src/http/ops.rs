@@ -18,7 +18,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{error::ApiError, AppState};
+use super::{error::ApiError, events::MAX_WAIT, long_poll::is_long_poll, AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -121,12 +121,19 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
 }
 
 /// Bounds every request by the configured timeout, answering 504 as JSON.
+/// A long-poll gets [`MAX_WAIT`] more: it answers by itself at its deadline,
+/// and this bound only catches a read that hangs after it.
 pub async fn request_timeout(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
-    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+    let timeout = if is_long_poll(&request) {
+        state.request_timeout + MAX_WAIT
+    } else {
+        state.request_timeout
+    };
+    match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::Timeout.into_response(),
     }
@@ -135,9 +142,11 @@ pub async fn request_timeout(
 /// Sheds API requests past the in-flight limit with 503 instead of queueing
 /// them: queued work only adds latency and memory once the database is the
 /// bottleneck. Probes and metrics are exempt, so an overloaded pod is not
-/// also reported dead.
+/// also reported dead; so are long-polls, which have their own limits
+/// ([`super::long_poll`]) and would otherwise hold a permit while they wait.
 pub async fn shed_load(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+    if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") || is_long_poll(&request)
+    {
         return next.run(request).await;
     }
     match state.in_flight.clone().try_acquire_owned() {

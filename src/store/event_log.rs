@@ -40,7 +40,7 @@ impl EventLog {
 /// Readers order by `(txid, position)` and only read rows whose transaction is
 /// below the snapshot's xmin, so a transaction that took a low position but
 /// committed late is still read, after the ones that committed before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct LogCursor {
     pub txid: u64,
     pub position: i64,
@@ -81,19 +81,74 @@ pub struct LogFilter {
     pub event_type: Option<String>,
 }
 
-/// The catch-up read. The ORDER BY names the table's columns: a bare `txid`
-/// would mean the cast output column, which no index serves, so every read
-/// would sort the whole log.
+/// The catch-up read, in one statement so both parts share one snapshot:
+/// `is_head = false` rows are the page; the one `is_head = true` row (absent
+/// while nothing is readable) is the last event below the horizon. A short
+/// page has scanned every readable row after the cursor, so its reader may
+/// continue from that head: a filtered read never rescans the rows it skipped.
+///
+/// The ORDER BYs name the table's columns: a bare `txid` would mean the cast
+/// output column, which no index serves, so every read would sort the whole
+/// log. The horizon is a scalar subquery (an InitPlan), which keeps the index
+/// order; a join with the CTE would not.
 pub const READ_AFTER_SQL: &str =
-    "select position, event_id, aggregate_type, aggregate_id, aggregate_version, event_type, \
-        payload, headers, occurred_at, txid::text::bigint as txid \
- from event_log \
- where txid < pg_snapshot_xmin(pg_current_snapshot()) \
-   and (txid, position) > ($1::text::xid8, $2) \
-   and ($3::uuid is null or aggregate_id = $3) \
-   and ($4::text is null or event_type = $4) \
- order by event_log.txid, event_log.position \
- limit $5";
+    "with horizon as materialized (select pg_snapshot_xmin(pg_current_snapshot()) as xmin), \
+ page as ( \
+   select position, event_id, aggregate_type, aggregate_id, aggregate_version, event_type, \
+          payload, headers, occurred_at, txid::text::bigint as txid, false as is_head \
+   from event_log \
+   where event_log.txid < (select xmin from horizon) \
+     and (event_log.txid, position) > ($1::text::xid8, $2) \
+     and ($3::uuid is null or aggregate_id = $3) \
+     and ($4::text is null or event_type = $4) \
+   order by event_log.txid, event_log.position \
+   limit $5 \
+ ), head as ( \
+   select position, event_id, aggregate_type, aggregate_id, aggregate_version, event_type, \
+          payload, headers, occurred_at, txid::text::bigint as txid, true as is_head \
+   from event_log \
+   where event_log.txid < (select xmin from horizon) \
+   order by event_log.txid desc, event_log.position desc \
+   limit 1 \
+ ) \
+ select * from page union all select * from head";
+
+/// The last event below the horizon, and whether committed events wait above it
+/// (they become readable once older transactions end).
+pub const HEAD_SQL: &str =
+    "with horizon as materialized (select pg_snapshot_xmin(pg_current_snapshot()) as xmin) \
+ select (select event_log.txid::text::bigint from event_log \
+          where event_log.txid < (select xmin from horizon) \
+          order by event_log.txid desc, event_log.position desc limit 1) as txid, \
+        (select event_log.position from event_log \
+          where event_log.txid < (select xmin from horizon) \
+          order by event_log.txid desc, event_log.position desc limit 1) as position, \
+        exists (select 1 from event_log where event_log.txid >= (select xmin from horizon)) as pending";
+
+/// One page of a catch-up read.
+#[derive(Debug, Clone)]
+pub struct LogPage {
+    pub events: Vec<LoggedEvent>,
+    /// Where the next read continues: past the page's last event, and past
+    /// every row the read scanned below the horizon when the page is short.
+    pub next: LogCursor,
+}
+
+#[derive(sqlx::FromRow)]
+struct ReadRow {
+    #[sqlx(flatten)]
+    event: LoggedEvent,
+    is_head: bool,
+}
+
+/// The readable end of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogHead {
+    /// The last event below the horizon; `None` while nothing is readable.
+    pub last: Option<LogCursor>,
+    /// Committed events wait above the horizon: look again soon.
+    pub pending: bool,
+}
 
 impl EventLog {
     /// Up to `limit` events after `cursor`, in `(txid, position)` order, only
@@ -103,14 +158,39 @@ impl EventLog {
         cursor: LogCursor,
         filter: &LogFilter,
         limit: i64,
-    ) -> sqlx::Result<Vec<LoggedEvent>> {
-        sqlx::query_as(READ_AFTER_SQL)
+    ) -> sqlx::Result<LogPage> {
+        let rows: Vec<ReadRow> = sqlx::query_as(READ_AFTER_SQL)
             .bind(cursor.txid.to_string())
             .bind(cursor.position)
             .bind(filter.aggregate_id)
             .bind(filter.event_type.as_deref())
             .bind(limit)
             .fetch_all(conn)
-            .await
+            .await?;
+        let (heads, page): (Vec<ReadRow>, Vec<ReadRow>) = rows.into_iter().partition(|r| r.is_head);
+        // UNION ALL promises no order; the page is at most `limit` rows.
+        let mut events: Vec<LoggedEvent> = page.into_iter().map(|r| r.event).collect();
+        events.sort_by_key(LoggedEvent::cursor);
+        let mut next = events
+            .last()
+            .map_or(cursor, LoggedEvent::cursor)
+            .max(cursor);
+        if (events.len() as i64) < limit {
+            if let Some(head) = heads.first() {
+                next = next.max(head.event.cursor());
+            }
+        }
+        Ok(LogPage { events, next })
+    }
+
+    /// The readable end of the log (what long-polling readers wait on).
+    pub async fn head(conn: &mut PgConnection) -> sqlx::Result<LogHead> {
+        let (txid, position, pending): (Option<i64>, Option<i64>, bool) =
+            sqlx::query_as(HEAD_SQL).fetch_one(conn).await?;
+        let last = txid.zip(position).map(|(txid, position)| LogCursor {
+            txid: txid as u64,
+            position,
+        });
+        Ok(LogHead { last, pending })
     }
 }

@@ -7,7 +7,7 @@ pub mod idempotency;
 pub mod streams;
 pub mod users;
 
-pub use event_log::{EventLog, LogCursor, LogFilter, LoggedEvent};
+pub use event_log::{EventLog, LogCursor, LogFilter, LogHead, LogPage, LoggedEvent};
 pub use idempotency::{IdempotencyStore, SavedResponse};
 pub use streams::StreamRepo;
 pub use users::{User, UserRepo};

@@ -101,12 +101,23 @@ async fn reading_events_needs_the_scope(pool: PgPool) {
         app.read_events(&app.reader_token(), "").await.status,
         StatusCode::OK
     );
-    for bad in ["after=garbage", "limit=0", "limit=1001", "wait=31"] {
+    for bad in [
+        "after=garbage",
+        "limit=0",
+        "limit=1001",
+        "wait=31",
+        "wait=-1",
+    ] {
         assert_eq!(
             app.read_events(&app.reader_token(), bad).await.status,
             StatusCode::BAD_REQUEST,
             "{bad}"
         );
+    }
+    for bad_type in ["type=nope", "type=Stream.Ended&wait=5", "type="] {
+        let reply = app.read_events(&app.reader_token(), bad_type).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad_type}");
+        assert_eq!(reply.error_code(), "unknown_event_type", "{bad_type}");
     }
 }
 

@@ -3,12 +3,14 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Mutex, Once, OnceLock,
+        Arc, Mutex, Once, OnceLock,
     },
     time::Duration,
 };
 
-use nova_streaming::{auth::issue_token, config::Settings, startup::Application};
+use nova_streaming::{
+    auth::issue_token, config::Settings, http::long_poll::LongPolls, startup::Application,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -30,6 +32,7 @@ pub struct TestApp {
     pub router: axum::Router,
     pub shutdown: CancellationToken,
     pub server: Option<JoinHandle<anyhow::Result<()>>>,
+    pub long_polls: Arc<LongPolls>,
 }
 
 impl Drop for TestApp {
@@ -76,6 +79,7 @@ impl TestApp {
             .expect("app builds");
         let addr = app.local_addr();
         let router = app.router();
+        let long_polls = app.long_polls();
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         Self {
@@ -86,6 +90,7 @@ impl TestApp {
             router,
             shutdown,
             server: Some(server),
+            long_polls,
         }
     }
 

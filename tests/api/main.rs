@@ -7,6 +7,7 @@ mod contract;
 mod events;
 mod helpers;
 mod list;
+mod long_polls;
 mod observability;
 mod ops;
 mod projection;
