@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    auth::issue_token,
+    auth::TokenKeys,
     config::Settings,
     startup::{Application, MIGRATOR},
     store::UserRepo,
@@ -52,9 +52,16 @@ pub enum Command {
         /// The user id (`sub`).
         #[arg(long)]
         user: Uuid,
-        /// A scope to grant (repeatable), e.g. events:read.
+        /// A scope to grant (repeatable): streams:write (start and end
+        /// streams), events:read (read the event log).
         #[arg(long = "scope")]
         scopes: Vec<String>,
+        /// `iss` to put in the token (match the API's JWT_ISSUER).
+        #[arg(long, env = "JWT_ISSUER")]
+        issuer: Option<String>,
+        /// `aud` to put in the token (match the API's JWT_AUDIENCE).
+        #[arg(long, env = "JWT_AUDIENCE")]
+        audience: Option<String>,
         /// How long the token is valid.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
@@ -133,10 +140,15 @@ impl Cli {
             Command::Token {
                 user,
                 scopes,
+                issuer,
+                audience,
                 ttl,
                 jwt_secret,
             } => {
-                println!("{}", issue_token(&jwt_secret, user, &scopes, ttl));
+                let keys = TokenKeys::new(&jwt_secret)
+                    .with_issuer(issuer.as_deref())
+                    .with_audience(audience.as_deref());
+                println!("{}", keys.issue(user, &scopes, ttl));
                 Ok(())
             }
         }

@@ -21,6 +21,19 @@ pub struct Settings {
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
 
+    /// The secret being rotated out: tokens it signed still verify (never
+    /// signed with). Set it to the old JWT_SECRET for one token lifetime.
+    #[arg(long, env = "JWT_PREVIOUS_SECRET", hide_env_values = true)]
+    pub jwt_previous_secret: Option<String>,
+
+    /// When set, tokens must carry `iss` equal to it.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// When set, tokens must carry `aud` equal to it.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
     /// Address the HTTP server listens on.
     #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
     pub bind_addr: SocketAddr,
@@ -76,6 +89,9 @@ impl Settings {
             redis_url: redis_url.into(),
             redis_key_prefix: format!("nova-test:{}:", uuid::Uuid::now_v7()),
             jwt_secret: "test-secret-test-secret-test-secret!".into(),
+            jwt_previous_secret: None,
+            jwt_issuer: None,
+            jwt_audience: None,
             bind_addr: ([127, 0, 0, 1], 0).into(),
             db_max_connections: 20,
             db_acquire_timeout: Duration::from_secs(2),

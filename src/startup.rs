@@ -58,6 +58,13 @@ impl Application {
             settings.jwt_secret.len() >= MIN_JWT_SECRET_BYTES,
             "JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes"
         );
+        anyhow::ensure!(
+            settings
+                .jwt_previous_secret
+                .as_ref()
+                .is_none_or(|s| s.len() >= MIN_JWT_SECRET_BYTES),
+            "JWT_PREVIOUS_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes"
+        );
         let presence = ViewerPresence::new(
             &settings.redis_url,
             settings.redis_key_prefix.clone(),
@@ -68,7 +75,12 @@ impl Application {
         let state = AppState {
             pool: pool(&settings, options),
             presence: Arc::new(presence),
-            tokens: Arc::new(TokenKeys::new(&settings.jwt_secret)),
+            tokens: Arc::new(
+                TokenKeys::new(&settings.jwt_secret)
+                    .with_previous_secret(settings.jwt_previous_secret.as_deref())
+                    .with_issuer(settings.jwt_issuer.as_deref())
+                    .with_audience(settings.jwt_audience.as_deref()),
+            ),
             metrics: ops::prometheus(),
             notifier: EventNotifier::default(),
             request_timeout: settings.request_timeout,

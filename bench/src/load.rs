@@ -24,7 +24,7 @@ impl Creator {
                 token: nova_streaming::auth::issue_token(
                     jwt_secret,
                     id,
-                    &[],
+                    &[nova_streaming::auth::scopes::STREAMS_WRITE.into()],
                     Duration::from_secs(4 * 3600),
                 ),
                 live: None,

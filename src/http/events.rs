@@ -12,12 +12,13 @@ use uuid::Uuid;
 use super::error::{ApiError, ErrorBody, Result};
 use super::extract::{ApiQuery, AuthUser};
 use super::AppState;
+use crate::auth::scopes;
 use crate::domain::StreamEventType;
 use crate::notifier::EventNotifier;
 use crate::store::{EventLog, LogCursor, LogFilter, LogPage, LoggedEvent};
 
 /// The scope a token needs to read events.
-pub const READ_SCOPE: &str = "events:read";
+pub const READ_SCOPE: &str = scopes::EVENTS_READ;
 /// The longest `wait` a client may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 

@@ -9,7 +9,11 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{error::ApiError, AppState};
-use crate::{auth::TokenError, commands::IdempotencyKey, domain::EventHeaders};
+use crate::{
+    auth::{scopes, TokenError},
+    commands::IdempotencyKey,
+    domain::EventHeaders,
+};
 
 /// `axum::Json` with JSON errors.
 #[derive(Debug, FromRequest)]
@@ -43,6 +47,24 @@ impl AuthUser {
                 format!("token lacks scope {scope}"),
             ))
         }
+    }
+}
+
+/// The caller, from a valid token with scope `streams:write`: checked before
+/// the body is read, so a token without it is 403 whatever it sends.
+#[derive(Debug, Clone)]
+pub struct StreamWriter(pub AuthUser);
+
+impl FromRequestParts<AppState> for StreamWriter {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        user.require_scope(scopes::STREAMS_WRITE)?;
+        Ok(Self(user))
     }
 }
 

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody, Result};
-use super::extract::{idempotency_key, ApiJson, ApiPath, ApiQuery, AuthUser, TraceContext};
+use super::extract::{idempotency_key, ApiJson, ApiPath, ApiQuery, StreamWriter, TraceContext};
 use super::AppState;
 use crate::commands::{self, Outcome, StartStream, ENDED_STATUS, STARTED_STATUS};
 use crate::domain::{Category, LiveStream, StreamTitle, ThumbnailUrl};
@@ -116,13 +116,14 @@ fn outcome_response(outcome: Outcome, fresh_status: u16) -> Response {
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for 24 h")),
     responses(
         (status = 201, body = LiveStream), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "token lacks streams:write"),
         (status = 409, body = ErrorBody, description = "the creator already has a live stream"),
         (status = 422, body = ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = ["streams:write"])))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 pub async fn start_stream(
     State(state): State<AppState>,
-    user: AuthUser,
+    StreamWriter(user): StreamWriter,
     TraceContext(trace): TraceContext,
     headers: HeaderMap,
     ApiJson(body): ApiJson<StartStreamRequest>,
@@ -149,11 +150,11 @@ pub async fn start_stream(
     responses(
         (status = 200, body = LiveStream), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "already ended")),
-    security(("bearer" = [])))]
+    security(("bearer" = ["streams:write"])))]
 #[tracing::instrument(skip_all, fields(%id, user_id = %user.user_id))]
 pub async fn end_stream(
     State(state): State<AppState>,
-    user: AuthUser,
+    StreamWriter(user): StreamWriter,
     TraceContext(trace): TraceContext,
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,

@@ -9,7 +9,10 @@ use std::{
 };
 
 use nova_streaming::{
-    auth::issue_token, config::Settings, http::long_poll::LongPolls, startup::Application,
+    auth::{issue_token, scopes},
+    config::Settings,
+    http::long_poll::LongPolls,
+    startup::Application,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -118,8 +121,9 @@ impl TestApp {
         id
     }
 
+    /// A token that may start and end streams (scope `streams:write`).
     pub fn token(&self, user: Uuid) -> String {
-        self.token_with_scopes(user, &[])
+        self.token_with_scopes(user, &[scopes::STREAMS_WRITE])
     }
 
     pub fn token_with_scopes(&self, user: Uuid, scopes: &[&str]) -> String {

@@ -14,4 +14,5 @@ mod projection;
 mod query_plans;
 mod requests;
 mod streams;
+mod tokens;
 mod viewers;

@@ -58,7 +58,7 @@ async fn bad_tokens_are_401(pool: PgPool) {
             "unknown user",
             Some(token_with(
                 &secret,
-                json!({ "sub": Uuid::now_v7(), "exp": now + 60 }),
+                json!({ "sub": Uuid::now_v7(), "exp": now + 60, "scope": ["streams:write"] }),
             )),
         ),
     ];

@@ -59,8 +59,12 @@ impl Api {
             .execute(&db.pool)
             .await
             .expect("insert user");
-        let token =
-            nova_streaming::auth::issue_token(&self.jwt_secret, id, &[], Duration::from_secs(3600));
+        let token = nova_streaming::auth::issue_token(
+            &self.jwt_secret,
+            id,
+            &["streams:write".into()],
+            Duration::from_secs(3600),
+        );
         User { token }
     }
 
