@@ -1,6 +1,6 @@
 //! Typed settings. Every field is a flag and an env var; the README lists them.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{fmt, net::SocketAddr, num::NonZeroU32, str::FromStr, time::Duration};
 
 /// Settings of the `serve` command.
 #[derive(Debug, Clone, clap::Args)]
@@ -76,6 +76,24 @@ pub struct Settings {
     #[arg(long, env = "LONG_POLL_PER_USER", default_value_t = 4)]
     pub long_poll_per_user: usize,
 
+    /// Commands (start, end) per user: `N/s`, `N/min` or `N/h` (a burst of N,
+    /// refilled evenly over the period), or `off`. Past it, 429.
+    #[arg(long, env = "RATE_LIMIT_COMMANDS", default_value = "30/min")]
+    pub rate_limit_commands: Rate,
+
+    /// Heartbeats per viewer (a token's user, or an anonymous id). Past it, 429.
+    #[arg(long, env = "RATE_LIMIT_HEARTBEATS", default_value = "20/min")]
+    pub rate_limit_heartbeats: Rate,
+
+    /// Anonymous heartbeats per client address (many viewers may share one
+    /// behind a NAT). Past it, 429.
+    #[arg(
+        long,
+        env = "RATE_LIMIT_ANONYMOUS_PER_ADDRESS",
+        default_value = "600/min"
+    )]
+    pub rate_limit_anonymous_per_address: Rate,
+
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -102,7 +120,75 @@ impl Settings {
             max_in_flight_requests: 512,
             long_poll_max: 1024,
             long_poll_per_user: 4,
+            // Off: tests that exercise them turn them on.
+            rate_limit_commands: Rate::Off,
+            rate_limit_heartbeats: Rate::Off,
+            rate_limit_anonymous_per_address: Rate::Off,
             shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A rate limit: a burst of `count`, refilled evenly over `per`; or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    Off,
+    Limit { count: NonZeroU32, per: Duration },
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(Rate::Off);
+        }
+        let invalid = || format!("expected N/s, N/min, N/h or off, got {text:?}");
+        let (count, unit) = text.split_once('/').ok_or_else(invalid)?;
+        let count: NonZeroU32 = count.trim().parse().map_err(|_| invalid())?;
+        let per = match unit.trim() {
+            "s" | "sec" => Duration::from_secs(1),
+            "min" | "m" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return Err(invalid()),
+        };
+        Ok(Rate::Limit { count, per })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rate::Off => f.write_str("off"),
+            Rate::Limit { count, per } => write!(f, "{count}/{}s", per.as_secs()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!("off".parse(), Ok(Rate::Off));
+        assert_eq!(
+            "30/min".parse(),
+            Ok(Rate::Limit {
+                count: NonZeroU32::new(30).unwrap(),
+                per: Duration::from_secs(60)
+            })
+        );
+        assert_eq!(
+            " 5 / s ".parse::<Rate>().unwrap(),
+            Rate::Limit {
+                count: NonZeroU32::new(5).unwrap(),
+                per: Duration::from_secs(1)
+            }
+        );
+        for bad in ["", "0/min", "-1/s", "30", "30/day", "x/s"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
         }
     }
 }

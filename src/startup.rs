@@ -15,7 +15,13 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::TokenKeys,
     config::Settings,
-    http::{self, long_poll::LongPolls, ops, AppState},
+    http::{
+        self,
+        long_poll::LongPolls,
+        ops,
+        rate_limit::{RateLimits, FORGET_IDLE_EVERY},
+        AppState,
+    },
     notifier::EventNotifier,
     presence::ViewerPresence,
 };
@@ -92,6 +98,11 @@ impl Application {
                 settings.long_poll_per_user,
                 (settings.db_max_connections / 4) as usize,
             )),
+            rate_limits: Arc::new(RateLimits::new(
+                settings.rate_limit_commands,
+                settings.rate_limit_heartbeats,
+                settings.rate_limit_anonymous_per_address,
+            )),
         };
         let listener = TcpListener::bind(settings.bind_addr)
             .await
@@ -133,21 +144,28 @@ impl Application {
         } = self;
         let pool = state.pool.clone();
         let metrics = state.metrics.clone();
+        let rate_limits = state.rate_limits.clone();
         tracing::info!(addr = %listener.local_addr()?, "listening");
 
         // Histograms are drained on upkeep; without it they grow unbounded.
+        // Rate limiters forget idle callers, for the same reason.
         let upkeep = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut metrics_tick = tokio::time::interval(Duration::from_secs(5));
+            let mut limits_tick = tokio::time::interval(FORGET_IDLE_EVERY);
             loop {
-                tick.tick().await;
-                metrics.run_upkeep();
+                tokio::select! {
+                    _ = metrics_tick.tick() => metrics.run_upkeep(),
+                    _ = limits_tick.tick() => rate_limits.forget_idle(),
+                }
             }
         });
 
         let listener_task =
             tokio::spawn(state.notifier.clone().run(pool.clone(), shutdown.clone()));
 
-        let server = axum::serve(listener, http::router(state))
+        // The peer address feeds the anonymous heartbeats' per-address limit.
+        let service = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(listener, service)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();
         tokio::pin!(server);

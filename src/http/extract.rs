@@ -68,6 +68,17 @@ impl FromRequestParts<AppState> for StreamWriter {
     }
 }
 
+/// The peer's IP address, when the server knows it (not in-process).
+pub struct ClientAddress(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(super::rate_limit::client_address(parts)))
+    }
+}
+
 /// The caller if a token was sent; a token that is sent must be valid.
 #[derive(Debug, Clone)]
 pub struct MaybeAuthUser(pub Option<AuthUser>);

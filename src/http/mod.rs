@@ -6,6 +6,7 @@ pub mod extract;
 pub mod long_poll;
 pub mod openapi;
 pub mod ops;
+pub mod rate_limit;
 pub mod streams;
 pub mod viewers;
 
@@ -19,6 +20,7 @@ use tower_http::trace::TraceLayer;
 use crate::{auth::TokenKeys, notifier::EventNotifier, presence::ViewerPresence};
 use error::ApiError;
 use long_poll::LongPolls;
+use rate_limit::RateLimits;
 
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -36,6 +38,7 @@ pub struct AppState {
     /// Long-polls never take one: they have [`LongPolls`].
     pub in_flight: Arc<tokio::sync::Semaphore>,
     pub long_polls: Arc<LongPolls>,
+    pub rate_limits: Arc<RateLimits>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -118,7 +118,8 @@ fn outcome_response(outcome: Outcome, fresh_status: u16) -> Response {
         (status = 201, body = LiveStream), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "token lacks streams:write"),
         (status = 409, body = ErrorBody, description = "the creator already has a live stream"),
-        (status = 422, body = ErrorBody)),
+        (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "over RATE_LIMIT_COMMANDS; see Retry-After")),
     security(("bearer" = ["streams:write"])))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 pub async fn start_stream(
@@ -128,6 +129,7 @@ pub async fn start_stream(
     headers: HeaderMap,
     ApiJson(body): ApiJson<StartStreamRequest>,
 ) -> Result<Response> {
+    state.rate_limits.command(user.user_id)?;
     let idempotency = idempotency_key(&headers, user.user_id, "POST /v1/streams", &body)?;
     let cmd = StartStream {
         creator_id: user.user_id,
@@ -149,7 +151,8 @@ pub async fn start_stream(
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
     responses(
         (status = 200, body = LiveStream), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "already ended")),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "already ended"),
+        (status = 429, body = ErrorBody, description = "over RATE_LIMIT_COMMANDS; see Retry-After")),
     security(("bearer" = ["streams:write"])))]
 #[tracing::instrument(skip_all, fields(%id, user_id = %user.user_id))]
 pub async fn end_stream(
@@ -159,6 +162,7 @@ pub async fn end_stream(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response> {
+    state.rate_limits.command(user.user_id)?;
     let idempotency = idempotency_key(
         &headers,
         user.user_id,

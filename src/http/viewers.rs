@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody, Result};
-use super::extract::{ApiPath, MaybeAuthUser};
+use super::extract::{ApiPath, ClientAddress, MaybeAuthUser};
 use super::AppState;
 use crate::domain::StreamStatus;
 use crate::presence::Viewer;
@@ -85,11 +85,14 @@ async fn require_live(state: &AppState, stream_id: Uuid) -> Result<()> {
 #[utoipa::path(post, path = "/v1/streams/{id}/viewers/heartbeat", params(("id" = Uuid, Path)),
     request_body(content = Option<HeartbeatRequest>, description = "Needed without a token"),
     responses((status = 200, body = HeartbeatResponse), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "over RATE_LIMIT_HEARTBEATS or RATE_LIMIT_ANONYMOUS_PER_ADDRESS; see Retry-After"),
+        (status = 503, body = ErrorBody)),
     security((), ("bearer" = [])))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     MaybeAuthUser(user): MaybeAuthUser,
+    ClientAddress(address): ClientAddress,
     ApiPath(id): ApiPath<Uuid>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -105,6 +108,7 @@ pub async fn heartbeat(
             ))
         }
     };
+    state.rate_limits.heartbeat(viewer, address)?;
     require_live(&state, id).await?;
     let current_viewers = state.presence.heartbeat(id, viewer).await?;
     let (viewer_id, anonymous) = match viewer {

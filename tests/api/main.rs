@@ -12,6 +12,7 @@ mod observability;
 mod ops;
 mod projection;
 mod query_plans;
+mod rate_limits;
 mod requests;
 mod streams;
 mod tokens;
