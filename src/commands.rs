@@ -40,6 +40,8 @@ pub struct IdempotencyKey {
     pub user_id: Uuid,
     pub key: String,
     pub request_hash: String,
+    /// How long the first response is replayed (`IDEMPOTENCY_TTL`).
+    pub ttl: std::time::Duration,
 }
 
 /// What a command returns: a fresh result, or the response saved under its idempotency key.
@@ -167,8 +169,8 @@ async fn finish(
             key.user_id,
             &key.key,
             &key.request_hash,
-            status,
-            &body,
+            (status, &body),
+            key.ttl,
         )
         .await?;
         if !saved {
@@ -193,7 +195,7 @@ async fn replay(
 ) -> Result<Option<Outcome>, CommandError> {
     let Some(key) = key else { return Ok(None) };
     let mut conn = pool.acquire().await?;
-    match IdempotencyStore::find(&mut conn, key.user_id, &key.key).await? {
+    match IdempotencyStore::find(&mut conn, key.user_id, &key.key, key.ttl).await? {
         None => Ok(None),
         Some(saved) if saved.request_hash != key.request_hash => {
             Err(CommandError::IdempotencyKeyReused)

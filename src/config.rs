@@ -94,6 +94,20 @@ pub struct Settings {
     )]
     pub rate_limit_anonymous_per_address: Rate,
 
+    /// How long a command's response is replayed for its `Idempotency-Key`;
+    /// older records are deleted in the background.
+    #[arg(long, env = "IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub idempotency_ttl: Duration,
+
+    /// How often expired idempotency records are deleted (in batches of 1000).
+    #[arg(long, env = "IDEMPOTENCY_CLEANUP_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub idempotency_cleanup_interval: Duration,
+
+    /// Address of the admin listener: `/metrics` (and the probes). Keep it
+    /// private: loopback by default, never the public port.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9465")]
+    pub admin_addr: SocketAddr,
+
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -125,6 +139,9 @@ impl Settings {
             rate_limit_heartbeats: Rate::Off,
             rate_limit_anonymous_per_address: Rate::Off,
             shutdown_grace: Duration::from_secs(5),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            idempotency_cleanup_interval: Duration::from_secs(60),
+            admin_addr: ([127, 0, 0, 1], 0).into(),
         }
     }
 }

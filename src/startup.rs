@@ -24,6 +24,7 @@ use crate::{
     },
     notifier::EventNotifier,
     presence::ViewerPresence,
+    store::IdempotencyStore,
 };
 
 /// The schema, shared with the relay.
@@ -34,8 +35,11 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics` and the probes, apart from the public port.
+    admin_listener: TcpListener,
     state: AppState,
     shutdown_grace: Duration,
+    idempotency_cleanup_interval: Duration,
 }
 
 /// A lazy pool: the API starts (and answers 503) while Postgres is down.
@@ -103,15 +107,28 @@ impl Application {
                 settings.rate_limit_heartbeats,
                 settings.rate_limit_anonymous_per_address,
             )),
+            idempotency_ttl: settings.idempotency_ttl,
         };
         let listener = TcpListener::bind(settings.bind_addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.bind_addr))?;
+        let admin_listener = TcpListener::bind(settings.admin_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (ADMIN_ADDR)", settings.admin_addr))?;
         Ok(Self {
             listener,
+            admin_listener,
             state,
             shutdown_grace: settings.shutdown_grace,
+            idempotency_cleanup_interval: settings.idempotency_cleanup_interval,
         })
+    }
+
+    /// The admin listener's address (`/metrics`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -139,13 +156,15 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             listener,
+            admin_listener,
             state,
             shutdown_grace,
+            idempotency_cleanup_interval,
         } = self;
         let pool = state.pool.clone();
         let metrics = state.metrics.clone();
         let rate_limits = state.rate_limits.clone();
-        tracing::info!(addr = %listener.local_addr()?, "listening");
+        tracing::info!(addr = %listener.local_addr()?, admin = %admin_listener.local_addr()?, "listening");
 
         // Histograms are drained on upkeep; without it they grow unbounded.
         // Rate limiters forget idle callers, for the same reason.
@@ -162,6 +181,16 @@ impl Application {
 
         let listener_task =
             tokio::spawn(state.notifier.clone().run(pool.clone(), shutdown.clone()));
+        let cleanup_task = tokio::spawn(expire_idempotency_records(
+            pool.clone(),
+            state.idempotency_ttl,
+            idempotency_cleanup_interval,
+        ));
+        let admin_task = tokio::spawn(
+            axum::serve(admin_listener, http::admin_router(state.clone()))
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .into_future(),
+        );
 
         // The peer address feeds the anonymous heartbeats' per-address limit.
         let service = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
@@ -184,8 +213,30 @@ impl Application {
         };
         upkeep.abort();
         listener_task.abort();
+        cleanup_task.abort();
+        admin_task.abort();
         pool.close().await;
         tracing::info!("stopped");
         result
+    }
+}
+
+/// Deletes expired idempotency records every `interval`, batch by batch (see
+/// [`IdempotencyStore::delete_expired_batch`] for why this never blocks commands).
+async fn expire_idempotency_records(pool: PgPool, ttl: Duration, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match IdempotencyStore::delete_expired(&pool, ttl).await {
+            Ok(0) => {}
+            Ok(deleted) => {
+                metrics::counter!("idempotency_records_expired_total").increment(deleted);
+                tracing::debug!(deleted, "expired idempotency records deleted");
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "idempotency cleanup failed; retrying next interval")
+            }
+        }
     }
 }

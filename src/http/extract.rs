@@ -194,6 +194,7 @@ pub fn idempotency_key(
     user_id: Uuid,
     method_and_path: &str,
     body: &impl serde::Serialize,
+    ttl: std::time::Duration,
 ) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
@@ -221,6 +222,7 @@ pub fn idempotency_key(
         user_id,
         key: key.to_owned(),
         request_hash,
+        ttl,
     }))
 }
 

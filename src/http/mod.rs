@@ -39,6 +39,7 @@ pub struct AppState {
     pub in_flight: Arc<tokio::sync::Semaphore>,
     pub long_polls: Arc<LongPolls>,
     pub rate_limits: Arc<RateLimits>,
+    pub idempotency_ttl: Duration,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -61,5 +62,14 @@ pub fn router(state: AppState) -> Router {
         ))
         .route_layer(middleware::from_fn(ops::track_requests))
         .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The admin listener's router (`ADMIN_ADDR`): metrics and the probes. Not
+/// subject to the API's limits, and not reachable on the public port.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .merge(ops::admin_router())
+        .fallback(|| async { ApiError::NotFound("no such route") })
         .with_state(state)
 }

@@ -15,7 +15,7 @@ use super::{error, events, ops, streams, viewers, AppState};
         streams::start_stream, streams::end_stream, streams::get_stream, streams::list_streams,
         viewers::heartbeat, viewers::leave,
         events::read_events,
-        ops::healthz, ops::readyz, ops::metrics,
+        ops::healthz, ops::readyz,
         openapi_json,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),

@@ -20,11 +20,17 @@ use utoipa::ToSchema;
 
 use super::{error::ApiError, events::MAX_WAIT, long_poll::is_long_poll, AppState};
 
+/// The probes, on the API port (where orchestrators look for them).
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+}
+
+/// Metrics and the probes, on the admin port only: metrics say too much
+/// about the service to be public.
+pub fn admin_router() -> Router<AppState> {
+    router().route("/metrics", get(metrics))
 }
 
 /// The process-wide Prometheus recorder (a recorder is global, so install once).
@@ -86,8 +92,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain", body = String)))]
+/// Prometheus text exposition (served on `ADMIN_ADDR` only).
 pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("db_pool_connections").set(state.pool.size() as f64);
     metrics::gauge!("db_pool_idle_connections").set(state.pool.num_idle() as f64);
@@ -145,8 +150,7 @@ pub async fn request_timeout(
 /// also reported dead; so are long-polls, which have their own limits
 /// ([`super::long_poll`]) and would otherwise hold a permit while they wait.
 pub async fn shed_load(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") || is_long_poll(&request)
-    {
+    if matches!(request.uri().path(), "/healthz" | "/readyz") || is_long_poll(&request) {
         return next.run(request).await;
     }
     match state.in_flight.clone().try_acquire_owned() {

@@ -113,7 +113,7 @@ fn outcome_response(outcome: Outcome, fresh_status: u16) -> Response {
 
 /// Start a live stream.
 #[utoipa::path(post, path = "/v1/streams", request_body = StartStreamRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for 24 h")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for IDEMPOTENCY_TTL (24 h by default)")),
     responses(
         (status = 201, body = LiveStream), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "token lacks streams:write"),
@@ -130,7 +130,13 @@ pub async fn start_stream(
     ApiJson(body): ApiJson<StartStreamRequest>,
 ) -> Result<Response> {
     state.rate_limits.command(user.user_id)?;
-    let idempotency = idempotency_key(&headers, user.user_id, "POST /v1/streams", &body)?;
+    let idempotency = idempotency_key(
+        &headers,
+        user.user_id,
+        "POST /v1/streams",
+        &body,
+        state.idempotency_ttl,
+    )?;
     let cmd = StartStream {
         creator_id: user.user_id,
         title: StreamTitle::parse(&body.title).map_err(validation)?,
@@ -168,6 +174,7 @@ pub async fn end_stream(
         user.user_id,
         &format!("POST /v1/streams/{id}/end"),
         &(),
+        state.idempotency_ttl,
     )?;
     let outcome = commands::end_stream(&state.pool, id, user.user_id, idempotency, trace).await?;
     Ok(outcome_response(outcome, ENDED_STATUS))

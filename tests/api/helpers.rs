@@ -29,6 +29,8 @@ pub const CLOSED_REDIS_URL: &str = "redis://127.0.0.1:1";
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The admin listener (`ADMIN_ADDR`): `/metrics`.
+    pub admin_addr: SocketAddr,
     pub pool: PgPool,
     pub client: reqwest::Client,
     pub settings: Settings,
@@ -81,12 +83,14 @@ impl TestApp {
             .await
             .expect("app builds");
         let addr = app.local_addr();
+        let admin_addr = app.admin_addr();
         let router = app.router();
         let long_polls = app.long_polls();
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         Self {
             addr,
+            admin_addr,
             pool,
             client: reqwest::Client::new(),
             settings,
@@ -102,11 +106,16 @@ impl TestApp {
     }
 
     /// The Prometheus text of `/metrics`: the one place that knows where the
-    /// service exposes it.
+    /// service exposes it (the admin listener, `ADMIN_ADDR`).
     pub async fn metrics_text(&self) -> String {
-        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        response.text().await.unwrap()
+        let response = self
+            .client
+            .get(format!("http://{}/metrics", self.admin_addr))
+            .send()
+            .await
+            .expect("metrics request sent");
+        assert_eq!(response.status(), StatusCode::OK, "GET /metrics");
+        response.text().await.expect("metrics text")
     }
 
     pub async fn create_user(&self, username: &str) -> Uuid {

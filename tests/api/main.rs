@@ -6,6 +6,7 @@ mod atomicity;
 mod contract;
 mod events;
 mod helpers;
+mod idempotency_expiry;
 mod list;
 mod long_polls;
 mod observability;

@@ -50,6 +50,33 @@ async fn metrics_count_requests_by_route_and_status(pool: PgPool) {
     assert!(text.contains("db_pool_connections"));
 }
 
+/// `/metrics` is served on ADMIN_ADDR only: the public port answers 404.
+#[sqlx::test]
+async fn metrics_are_on_the_admin_listener_only(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    assert_ne!(app.admin_addr.port(), app.addr.port());
+    let public = app.get("/metrics").await;
+    assert_eq!(public.status, StatusCode::NOT_FOUND);
+    assert_eq!(public.error_code(), "not_found");
+    assert!(app.metrics_text().await.contains("http_requests_total"));
+    let spec = app.get("/openapi.json").await;
+    assert!(
+        spec.body["paths"].get("/metrics").is_none(),
+        "not in the public contract"
+    );
+    let probe = app
+        .client
+        .get(format!("http://{}/readyz", app.admin_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        probe.status(),
+        StatusCode::OK,
+        "probes on the admin port too"
+    );
+}
+
 #[sqlx::test]
 async fn openapi_parses_and_covers_every_route(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
@@ -68,7 +95,6 @@ async fn openapi_parses_and_covers_every_route(pool: PgPool) {
         ("/v1/events", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
-        ("/metrics", "get"),
         ("/openapi.json", "get"),
     ];
     for (path, method) in routes {

@@ -107,6 +107,8 @@ impl ApiProcess {
             // The bench's creators start and end in a closed loop: not abuse.
             .env("RATE_LIMIT_COMMANDS", "off")
             .env("BIND_ADDR", &addr)
+            // Any free port: the fixed default would collide between runs.
+            .env("ADMIN_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json");
         let mut service = Service::spawn(name, command)?;
         service.http = addr.clone();
