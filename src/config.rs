@@ -72,6 +72,11 @@ pub struct Settings {
     #[arg(long, env = "LONG_POLL_MAX", default_value_t = 1024)]
     pub long_poll_max: usize,
 
+    /// The longest a long-poll is held, whatever its `wait` (≤ 30 s): lower it
+    /// below a proxy's idle timeout. Past it, an empty page, as at any deadline.
+    #[arg(long, env = "LONG_POLL_MAX_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub long_poll_max_wait: Duration,
+
     /// Long-polls open at once per user; past it, 429.
     #[arg(long, env = "LONG_POLL_PER_USER", default_value_t = 4)]
     pub long_poll_per_user: usize,
@@ -134,6 +139,7 @@ impl Settings {
             max_in_flight_requests: 512,
             long_poll_max: 1024,
             long_poll_per_user: 4,
+            long_poll_max_wait: Duration::from_secs(30),
             // Off: tests that exercise them turn them on.
             rate_limit_commands: Rate::Off,
             rate_limit_heartbeats: Rate::Off,

@@ -17,6 +17,7 @@ use crate::{
     config::Settings,
     http::{
         self,
+        events::MAX_WAIT,
         long_poll::LongPolls,
         ops,
         rate_limit::{RateLimits, FORGET_IDLE_EVERY},
@@ -108,6 +109,7 @@ impl Application {
                 settings.rate_limit_anonymous_per_address,
             )),
             idempotency_ttl: settings.idempotency_ttl,
+            long_poll_max_wait: settings.long_poll_max_wait.min(MAX_WAIT),
         };
         let listener = TcpListener::bind(settings.bind_addr)
             .await

@@ -5,9 +5,11 @@ use uuid::Uuid;
 use super::LiveStream;
 
 /// The event types a stream emits. `docs/events.md` describes their payloads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum StreamEventType {
+    #[serde(rename = "stream.started")]
     Started,
+    #[serde(rename = "stream.ended")]
     Ended,
 }
 
@@ -19,6 +21,7 @@ impl StreamEventType {
         Self::ALL.into_iter().find(|t| t.as_str() == raw)
     }
 
+    /// The name, as in the log, on Kafka and in the API (equal to the serde name).
     pub fn as_str(self) -> &'static str {
         match self {
             StreamEventType::Started => "stream.started",

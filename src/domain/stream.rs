@@ -5,29 +5,42 @@ use uuid::Uuid;
 
 use super::ValidationError;
 
-/// A stream title: 1–200 characters after trimming.
+/// Unicode White_Space without the control characters (which titles and
+/// URLs refuse anyway): what `str::trim` removes, spelled out for the
+/// OpenAPI patterns, so every regex dialect reads them alike.
+const SPACES: &str = " \\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+/// The control characters (`char::is_control`: Unicode Cc).
+const CONTROLS: &str = "\\u0000-\\u001f\\u007f-\\u009f";
+
+/// A stream title: at most 200 characters, not only spaces, no control
+/// characters; stored trimmed. The length counts the title as sent, so the
+/// OpenAPI `maxLength` says exactly what is accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamTitle(String);
 
 impl StreamTitle {
     pub const MAX_CHARS: usize = 200;
 
+    /// The OpenAPI `pattern` of a title: what [`StreamTitle::parse`] accepts, length aside.
+    pub fn pattern() -> String {
+        format!("^[^{CONTROLS}]*[^{CONTROLS}{SPACES}][^{CONTROLS}]*$")
+    }
+
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        let trimmed = raw.trim();
-        let chars = trimmed.chars().count();
-        if chars == 0 {
-            return Err(ValidationError("title must not be empty".into()));
-        }
-        if chars > Self::MAX_CHARS {
+        if raw.chars().count() > Self::MAX_CHARS {
             return Err(ValidationError(format!(
                 "title must be at most {} characters",
                 Self::MAX_CHARS
             )));
         }
-        if trimmed.chars().any(char::is_control) {
+        if raw.chars().any(char::is_control) {
             return Err(ValidationError(
                 "title must not contain control characters".into(),
             ));
+        }
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(ValidationError("title must not be empty".into()));
         }
         Ok(Self(trimmed.to_owned()))
     }
@@ -81,15 +94,21 @@ impl Category {
     }
 }
 
-/// An http(s) URL of at most 2048 characters.
+/// An http(s) URL of at most 2048 characters, with a host, without spaces
+/// or control characters (as sent: nothing is trimmed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThumbnailUrl(String);
 
 impl ThumbnailUrl {
     pub const MAX_CHARS: usize = 2048;
 
+    /// The OpenAPI `pattern` of a thumbnail URL: what [`ThumbnailUrl::parse`] accepts, length aside.
+    pub fn pattern() -> String {
+        let no_space = format!("{CONTROLS}{SPACES}");
+        format!("^[hH][tT][tT][pP][sS]?://[^/?#{no_space}][^{no_space}]*$")
+    }
+
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        let raw = raw.trim();
         if raw.chars().count() > Self::MAX_CHARS {
             return Err(ValidationError(format!(
                 "thumbnail_url must be at most {} characters",
@@ -104,7 +123,7 @@ impl ThumbnailUrl {
         let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
         if host.is_empty() || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(ValidationError(
-                "thumbnail_url must be an http(s) URL with a host".into(),
+                "thumbnail_url must be an http(s) URL with a host, without spaces".into(),
             ));
         }
         Ok(Self(raw.to_owned()))
@@ -148,9 +167,31 @@ mod tests {
     fn title_is_trimmed_and_bounded() {
         assert_eq!(StreamTitle::parse("  hi  ").unwrap().as_str(), "hi");
         assert!(StreamTitle::parse("   ").is_err());
+        assert!(StreamTitle::parse("\u{3000}\u{a0}").is_err());
+        assert!(StreamTitle::parse("").is_err());
         assert!(StreamTitle::parse(&"é".repeat(200)).is_ok());
         assert!(StreamTitle::parse(&"é".repeat(201)).is_err());
+        assert!(
+            StreamTitle::parse(&format!(" {}", "a".repeat(200))).is_err(),
+            "the length counts the title as sent"
+        );
         assert!(StreamTitle::parse("a\u{0}b").is_err());
+        assert!(StreamTitle::parse("a\u{85}b").is_err());
+    }
+
+    /// The patterns the OpenAPI document publishes say what `parse` accepts.
+    /// (Rust's regex reads `\u{…}` escapes; ECMA-262 and Python read `\uXXXX`.)
+    #[test]
+    fn published_patterns_cover_every_whitespace_and_control_character() {
+        for c in (0..=0x10ffff_u32).filter_map(char::from_u32) {
+            let spaced = c.is_whitespace() && !c.is_control();
+            let listed = SPACES.contains(&format!("\\u{:04x}", c as u32))
+                || c == ' '
+                || (0x2000..=0x200a).contains(&(c as u32));
+            assert_eq!(spaced, listed, "U+{:04X}", c as u32);
+        }
+        assert!(StreamTitle::pattern().starts_with('^') && StreamTitle::pattern().ends_with('$'));
+        assert!(ThumbnailUrl::pattern().contains("[hH][tT][tT][pP][sS]?://"));
     }
 
     #[test]
@@ -170,6 +211,10 @@ mod tests {
         assert!(ThumbnailUrl::parse("ftp://x.y/a").is_err());
         assert!(ThumbnailUrl::parse("https:///nohost").is_err());
         assert!(ThumbnailUrl::parse("https://a b").is_err());
+        assert!(
+            ThumbnailUrl::parse(" https://a.b").is_err(),
+            "nothing is trimmed"
+        );
         let long = format!("https://x.y/{}", "a".repeat(2048));
         assert!(ThumbnailUrl::parse(&long).is_err());
     }

@@ -217,10 +217,13 @@ impl From<CommandError> for ApiError {
                 details: None,
             },
             CommandError::UnknownUser => Self::Unauthenticated("the token's user does not exist"),
-            CommandError::IdempotencyKeyReused => Self::unprocessable(
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different request",
-            ),
+            // 409, not 422: the request is valid; it conflicts with what is
+            // recorded under its key (a state no schema can describe).
+            CommandError::IdempotencyKeyReused => Self::Conflict {
+                code: "idempotency_key_reused",
+                message: "this Idempotency-Key was used with a different request".into(),
+                details: None,
+            },
             CommandError::Database(err) => err.into(),
         }
     }

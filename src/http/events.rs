@@ -6,7 +6,10 @@ use axum::{extract::State, routing::get, Json, Router};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::{
+    openapi::{Object, ObjectBuilder, Type},
+    IntoParams, ToSchema,
+};
 use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody, Result};
@@ -27,17 +30,22 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventParams {
-    /// Opaque cursor from a previous page's `next`; absent means from the beginning.
+    /// A previous page's `next`; absent means from the beginning.
+    #[param(schema_with = cursor_schema)]
     pub after: Option<String>,
-    /// Events per page, 1–1000 (default 100).
+    /// Events per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Only this stream's events.
     pub aggregate_id: Option<Uuid>,
-    /// Only events of this type: `stream.started` or `stream.ended`.
+    /// Only events of this type.
     #[serde(rename = "type")]
+    #[param(value_type = Option<StreamEventType>)]
     pub event_type: Option<String>,
-    /// Seconds (≤ 30) to wait for new events when there are none yet.
+    /// Seconds to wait for new events when there are none yet (default 0).
+    #[param(minimum = 0, maximum = 30)]
     pub wait: Option<u64>,
 }
 
@@ -50,12 +58,48 @@ pub struct EventPage {
     pub next: String,
 }
 
-/// Cursor text: versioned, so its format can change without breaking clients' stored cursors.
+/// What `after` must match: `v2.<txid>.<position>`, decimal, no leading
+/// zeros, at most 19 and 18 digits (so both always fit their integers). The
+/// published pattern is the whole grammar: a cursor that matches it is valid.
+pub const CURSOR_PATTERN: &str = r"^v2\.(0|[1-9][0-9]{0,18})\.(0|[1-9][0-9]{0,17})$";
+
+fn cursor_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(CURSOR_PATTERN))
+        .build()
+}
+
+/// Cursor text: versioned, so its format can change without breaking clients'
+/// stored cursors (v1, base64 of `v1:<txid>:<position>`, is still read).
 pub fn encode_cursor(cursor: LogCursor) -> String {
-    URL_SAFE_NO_PAD.encode(format!("v1:{}:{}", cursor.txid, cursor.position))
+    format!("v2.{}.{}", cursor.txid, cursor.position)
 }
 
 pub fn decode_cursor(text: &str) -> Option<LogCursor> {
+    match text.strip_prefix("v2.") {
+        Some(rest) => decode_v2(rest),
+        None => decode_v1(text),
+    }
+}
+
+fn decimal(text: &str, max_digits: usize) -> Option<&str> {
+    let canonical = text == "0" || !text.starts_with('0');
+    (canonical
+        && (1..=max_digits).contains(&text.len())
+        && text.bytes().all(|b| b.is_ascii_digit()))
+    .then_some(text)
+}
+
+fn decode_v2(rest: &str) -> Option<LogCursor> {
+    let (txid, position) = rest.split_once('.')?;
+    Some(LogCursor {
+        txid: decimal(txid, 19)?.parse().ok()?,
+        position: decimal(position, 18)?.parse().ok()?,
+    })
+}
+
+fn decode_v1(text: &str) -> Option<LogCursor> {
     let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(text).ok()?).ok()?;
     let mut parts = raw.strip_prefix("v1:")?.split(':');
     let cursor = LogCursor {
@@ -67,10 +111,12 @@ pub fn decode_cursor(text: &str) -> Option<LogCursor> {
 
 /// Events in commit-safe order, page by page.
 #[utoipa::path(get, path = "/v1/events", params(EventParams),
-    responses((status = 200, body = EventPage), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "token lacks events:read"),
-        (status = 429, body = ErrorBody, description = "this user has too many long-polls open"),
-        (status = 503, body = ErrorBody, description = "every long-poll slot is taken, or Postgres is unavailable")),
+    responses(
+        (status = 200, body = EventPage, description = "a page, possibly empty (a long-poll's deadline passed)"),
+        (status = 400, body = ErrorBody, description = "an invalid query parameter, cursor or event type"),
+        (status = 401, body = ErrorBody, description = "missing, invalid or expired token"),
+        (status = 403, body = ErrorBody, description = "token lacks events:read"),
+        (status = 429, body = ErrorBody, description = "this user has LONG_POLL_PER_USER long-polls open")),
     security(("bearer" = ["events:read"])))]
 #[tracing::instrument(skip_all)]
 pub async fn read_events(
@@ -126,7 +172,7 @@ pub async fn read_events(
     // A long-poll: its own slots (not an in-flight permit), a shared handful of
     // pool connections for its reads, none while it waits.
     let _slot = state.long_polls.open(user.user_id)?;
-    let deadline = Instant::now() + wait;
+    let deadline = Instant::now() + wait.min(state.long_poll_max_wait);
     let mut head = state.notifier.subscribe();
     let mut cursor = cursor;
     loop {
@@ -173,13 +219,52 @@ mod tests {
             txid: 123_456,
             position: 42,
         };
+        assert_eq!(encode_cursor(cursor), "v2.123456.42");
         assert_eq!(decode_cursor(&encode_cursor(cursor)), Some(cursor));
         assert_eq!(
             decode_cursor(&encode_cursor(LogCursor::default())),
             Some(LogCursor::default())
         );
-        for bad in ["", "abc", "djE6MQ", "djI6MToy", "djE6MToyOjM", "djE6LTE6Mg"] {
+        // v1 cursors that clients stored still read.
+        assert_eq!(
+            decode_cursor("djE6MToy"),
+            Some(LogCursor {
+                txid: 1,
+                position: 2
+            })
+        );
+        for bad in [
+            "",
+            "abc",
+            "djE6MQ",
+            "djI6MToy",
+            "djE6MToyOjM",
+            "djE6LTE6Mg",
+            "v2.",
+            "v2.1",
+            "v2.1.",
+            "v2.01.2",
+            "v2.1.02",
+            "v2.-1.2",
+            "v2.1.2.3",
+            "v2.+1.2",
+            "v2.1.2\n",
+            "v2.12345678901234567890.1",
+            "v2.1.1234567890123456789",
+        ] {
             assert_eq!(decode_cursor(bad), None, "{bad}");
         }
+    }
+
+    /// The published pattern and the decoder agree, on the edges too.
+    #[test]
+    fn the_cursor_pattern_is_the_decoder_grammar() {
+        let max = format!("v2.{}.{}", "9".repeat(19), "9".repeat(18));
+        assert!(decode_cursor(&max).is_some());
+        assert!(decode_cursor("v2.0.0").is_some());
+        assert_eq!(
+            CURSOR_PATTERN,
+            r"^v2\.(0|[1-9][0-9]{0,18})\.(0|[1-9][0-9]{0,17})$"
+        );
     }
 }

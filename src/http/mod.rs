@@ -40,6 +40,8 @@ pub struct AppState {
     pub long_polls: Arc<LongPolls>,
     pub rate_limits: Arc<RateLimits>,
     pub idempotency_ttl: Duration,
+    /// `LONG_POLL_MAX_WAIT`: a long-poll's `wait` is capped at this.
+    pub long_poll_max_wait: Duration,
 }
 
 pub fn router(state: AppState) -> Router {

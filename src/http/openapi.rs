@@ -2,7 +2,11 @@
 
 use axum::{routing::get, Json, Router};
 use utoipa::{
-    openapi::security::{Http, HttpAuthScheme, SecurityScheme},
+    openapi::{
+        header::Header,
+        security::{Http, HttpAuthScheme, SecurityScheme},
+        Content, ObjectBuilder, Ref, RefOr, Required, Response, ResponseBuilder, Type,
+    },
     Modify, OpenApi,
 };
 
@@ -18,10 +22,69 @@ use super::{error, events, ops, streams, viewers, AppState};
         ops::healthz, ops::readyz,
         openapi_json,
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail)),
-    modifiers(&BearerAuth)
+    components(schemas(error::ErrorBody, error::ErrorDetail, crate::domain::StreamEventType)),
+    modifiers(&BearerAuth, &SharedResponses)
 )]
 pub struct ApiDoc;
+
+/// What every `/v1` operation can answer, added once rather than on each
+/// handler: 503 (database or presence unavailable, shed under load, no
+/// long-poll slot) and 504 (REQUEST_TIMEOUT), and `Retry-After` on every 429
+/// and `/v1` 503. Also: a heartbeat's body is optional (a token is enough).
+struct SharedResponses;
+
+fn error_response(description: &str) -> Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+        )
+        .build()
+}
+
+fn retry_after() -> Header {
+    let mut header = Header::new(
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1)),
+    );
+    header.description = Some("seconds to wait before retrying".into());
+    header
+}
+
+impl Modify for SharedResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let api = path.starts_with("/v1/");
+            for operation in [&mut item.get, &mut item.post, &mut item.delete]
+                .into_iter()
+                .flatten()
+            {
+                let responses = &mut operation.responses.responses;
+                if api {
+                    responses.entry("503".into()).or_insert_with(|| {
+                        error_response("unavailable: Postgres or Redis unreachable, shed under load, or no long-poll slot free").into()
+                    });
+                    responses.entry("504".into()).or_insert_with(|| {
+                        error_response("the request outlived REQUEST_TIMEOUT").into()
+                    });
+                }
+                for (status, response) in responses.iter_mut() {
+                    let limited = status == "429" || (api && status == "503");
+                    if let (true, RefOr::T(response)) = (limited, response) {
+                        response.headers.insert("Retry-After".into(), retry_after());
+                    }
+                }
+                if path.ends_with("/viewers/heartbeat") {
+                    if let Some(body) = &mut operation.request_body {
+                        body.required = Some(Required::False);
+                    }
+                }
+            }
+        }
+    }
+}
 
 struct BearerAuth;
 

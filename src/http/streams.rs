@@ -8,7 +8,10 @@ use axum::{
     Json, Router,
 };
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::{
+    openapi::{schema::SchemaType, Object, ObjectBuilder, Type},
+    IntoParams, ToSchema,
+};
 use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody, Result};
@@ -29,13 +32,39 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartStreamRequest {
-    /// 1–200 characters after trimming.
+    /// At most 200 characters, not only spaces, no control characters; stored trimmed.
+    #[schema(schema_with = title_schema)]
     pub title: String,
-    /// gaming, music, talk, sports, creative or other.
+    #[schema(value_type = Category)]
     pub category: String,
-    /// http(s), at most 2048 characters.
+    /// An http(s) URL with a host, at most 2048 characters, without spaces.
     #[serde(default)]
+    #[schema(schema_with = thumbnail_schema)]
     pub thumbnail_url: Option<String>,
+}
+
+/// The constraints [`StreamTitle::parse`] enforces, published.
+fn title_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(
+            "At most 200 characters, not only spaces, no control characters; stored trimmed.",
+        ))
+        .max_length(Some(StreamTitle::MAX_CHARS))
+        .pattern(Some(StreamTitle::pattern()))
+        .build()
+}
+
+/// The constraints [`ThumbnailUrl::parse`] enforces, published (`null` means none).
+fn thumbnail_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .description(Some(
+            "An http(s) URL with a host, at most 2048 characters, without spaces.",
+        ))
+        .max_length(Some(ThumbnailUrl::MAX_CHARS))
+        .pattern(Some(ThumbnailUrl::pattern()))
+        .build()
 }
 
 /// A stream with its creator and current viewers.
@@ -57,12 +86,16 @@ pub struct StreamPage {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only streams of this category.
+    #[param(value_type = Option<Category>)]
     pub category: Option<String>,
-    /// 1-based page number, at most 10000 (default 1).
+    /// 1-based page number (default 1).
+    #[param(minimum = 1, maximum = 10000)]
     pub page: Option<u32>,
-    /// Items per page, 1–100 (default 20).
+    /// Items per page (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
@@ -113,13 +146,20 @@ fn outcome_response(outcome: Outcome, fresh_status: u16) -> Response {
 
 /// Start a live stream.
 #[utoipa::path(post, path = "/v1/streams", request_body = StartStreamRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for IDEMPOTENCY_TTL (24 h by default)")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,255}$",
+        description = "1–255 visible ASCII characters. The first response is replayed for IDEMPOTENCY_TTL (24 h by default)")),
     responses(
-        (status = 201, body = LiveStream), (status = 401, body = ErrorBody),
+        (status = 201, body = LiveStream, description = "started (or replayed, with `idempotent-replayed: true`)",
+            headers(("Location" = String, description = "/v1/streams/{id}"),
+                ("idempotent-replayed" = String, description = "`true` when this is a replayed response"))),
+        (status = 400, body = ErrorBody, description = "malformed JSON, or an invalid Idempotency-Key"),
+        (status = 401, body = ErrorBody, description = "missing, invalid or expired token, or its user does not exist"),
         (status = 403, body = ErrorBody, description = "token lacks streams:write"),
-        (status = 409, body = ErrorBody, description = "the creator already has a live stream"),
-        (status = 422, body = ErrorBody),
-        (status = 429, body = ErrorBody, description = "over RATE_LIMIT_COMMANDS; see Retry-After")),
+        (status = 409, body = ErrorBody, description = "the creator already has a live stream, or the Idempotency-Key was used with another request"),
+        (status = 413, body = ErrorBody, description = "body over 64 KiB"),
+        (status = 415, body = ErrorBody, description = "body is not application/json"),
+        (status = 422, body = ErrorBody, description = "an invalid field value, or an unknown field"),
+        (status = 429, body = ErrorBody, description = "over RATE_LIMIT_COMMANDS")),
     security(("bearer" = ["streams:write"])))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 pub async fn start_stream(
@@ -154,11 +194,18 @@ pub async fn start_stream(
 
 /// End a live stream (its creator only).
 #[utoipa::path(post, path = "/v1/streams/{id}/end",
-    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
+    params(("id" = Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,255}$",
+            description = "1–255 visible ASCII characters. The first response is replayed for IDEMPOTENCY_TTL")),
     responses(
-        (status = 200, body = LiveStream), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "already ended"),
-        (status = 429, body = ErrorBody, description = "over RATE_LIMIT_COMMANDS; see Retry-After")),
+        (status = 200, body = LiveStream, description = "ended (or replayed)",
+            headers(("idempotent-replayed" = String, description = "`true` when this is a replayed response"))),
+        (status = 400, body = ErrorBody, description = "an invalid stream id or Idempotency-Key"),
+        (status = 401, body = ErrorBody, description = "missing, invalid or expired token"),
+        (status = 403, body = ErrorBody, description = "token lacks streams:write, or the caller is not the creator"),
+        (status = 404, body = ErrorBody, description = "no such stream"),
+        (status = 409, body = ErrorBody, description = "already ended, or the Idempotency-Key was used with another request"),
+        (status = 429, body = ErrorBody, description = "over RATE_LIMIT_COMMANDS")),
     security(("bearer" = ["streams:write"])))]
 #[tracing::instrument(skip_all, fields(%id, user_id = %user.user_id))]
 pub async fn end_stream(
@@ -182,7 +229,11 @@ pub async fn end_stream(
 
 /// One stream, live or ended.
 #[utoipa::path(get, path = "/v1/streams/{id}", params(("id" = Uuid, Path)),
-    responses((status = 200, body = StreamItem), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, body = StreamItem, description = "the stream",
+            headers(("x-viewer-counts" = String, description = "`unavailable` when the viewer count could not be read"))),
+        (status = 400, body = ErrorBody, description = "an invalid stream id"),
+        (status = 404, body = ErrorBody, description = "no such stream")))]
 pub async fn get_stream(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
@@ -196,7 +247,10 @@ pub async fn get_stream(
 
 /// Live streams, newest first.
 #[utoipa::path(get, path = "/v1/streams", params(ListParams),
-    responses((status = 200, body = StreamPage), (status = 400, body = ErrorBody)))]
+    responses(
+        (status = 200, body = StreamPage, description = "a page of live streams",
+            headers(("x-viewer-counts" = String, description = "`unavailable` when viewer counts could not be read (they are `null`)"))),
+        (status = 400, body = ErrorBody, description = "an invalid query parameter")))]
 pub async fn list_streams(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<ListParams>,

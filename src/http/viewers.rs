@@ -83,11 +83,17 @@ async fn require_live(state: &AppState, stream_id: Uuid) -> Result<()> {
 
 /// Record that a viewer is watching (send every ~10 s; counted for 30 s).
 #[utoipa::path(post, path = "/v1/streams/{id}/viewers/heartbeat", params(("id" = Uuid, Path)),
-    request_body(content = Option<HeartbeatRequest>, description = "Needed without a token"),
-    responses((status = 200, body = HeartbeatResponse), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 429, body = ErrorBody, description = "over RATE_LIMIT_HEARTBEATS or RATE_LIMIT_ANONYMOUS_PER_ADDRESS; see Retry-After"),
-        (status = 503, body = ErrorBody)),
+    request_body(content = HeartbeatRequest, description = "Optional with a token (the token's user is the viewer); without one, `anonymous_id` is needed"),
+    responses(
+        (status = 200, body = HeartbeatResponse, description = "counted"),
+        (status = 400, body = ErrorBody, description = "an invalid stream id, malformed JSON, or neither a token nor an anonymous_id"),
+        (status = 401, body = ErrorBody, description = "a token was sent and is invalid or expired"),
+        (status = 404, body = ErrorBody, description = "no such stream"),
+        (status = 409, body = ErrorBody, description = "the stream has ended"),
+        (status = 413, body = ErrorBody, description = "body over 64 KiB"),
+        (status = 415, body = ErrorBody, description = "a body that is not application/json"),
+        (status = 422, body = ErrorBody, description = "an invalid anonymous_id or an unknown field"),
+        (status = 429, body = ErrorBody, description = "over RATE_LIMIT_HEARTBEATS or RATE_LIMIT_ANONYMOUS_PER_ADDRESS")),
     security((), ("bearer" = [])))]
 pub async fn heartbeat(
     State(state): State<AppState>,
@@ -125,8 +131,12 @@ pub async fn heartbeat(
 /// Leave a stream. With a token, `viewer_id` must be the caller; without, it is an anonymous id.
 #[utoipa::path(delete, path = "/v1/streams/{id}/viewers/{viewer_id}",
     params(("id" = Uuid, Path), ("viewer_id" = Uuid, Path)),
-    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 503, body = ErrorBody)),
+    responses(
+        (status = 204, description = "removed (or was not there)"),
+        (status = 400, body = ErrorBody, description = "an invalid id"),
+        (status = 401, body = ErrorBody, description = "a token was sent and is invalid or expired"),
+        (status = 403, body = ErrorBody, description = "a token may only remove its own viewer"),
+        (status = 404, body = ErrorBody, description = "no such stream")),
     security((), ("bearer" = [])))]
 pub async fn leave(
     State(state): State<AppState>,

@@ -10,6 +10,7 @@ mod idempotency_expiry;
 mod list;
 mod long_polls;
 mod observability;
+mod openapi_exact;
 mod ops;
 mod projection;
 mod query_plans;

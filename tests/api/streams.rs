@@ -170,7 +170,7 @@ async fn idempotency_key_replays_the_first_response(pool: PgPool) {
     let reused = app
         .send(Method::POST, "/v1/streams", Some(&token), Some(other), &key)
         .await;
-    assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reused.status, StatusCode::CONFLICT);
     assert_eq!(reused.error_code(), "idempotency_key_reused");
 
     // Keys are per user: bob's "start-1" is his own.
