@@ -12,6 +12,7 @@ mod long_polls;
 mod observability;
 mod openapi_exact;
 mod ops;
+mod outages;
 mod projection;
 mod query_plans;
 mod rate_limits;
