@@ -1,0 +1,211 @@
+//! The seeded fault schedule: one fault at a time, every `every` (±50 %),
+//! each undone before the next, every kind once per round of seven: the broker stopped or killed, the leading
+//! relay killed or frozen, Postgres connections killed or Postgres
+//! restarted, Redis stopped.
+
+use std::time::{Duration, Instant};
+
+use rand::{rngs::StdRng, seq::SliceRandom as _, Rng as _, SeedableRng as _};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::services::{Postgres, Redis, Relay};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    BrokerStopped,
+    BrokerKilled,
+    LeaderKilled,
+    LeaderFrozen,
+    PgConnectionsKilled,
+    PgRestarted,
+    RedisStopped,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 7] = [
+        Fault::BrokerStopped,
+        Fault::BrokerKilled,
+        Fault::LeaderKilled,
+        Fault::LeaderFrozen,
+        Fault::PgConnectionsKilled,
+        Fault::PgRestarted,
+        Fault::RedisStopped,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::BrokerStopped => "broker stopped (SIGTERM)",
+            Fault::BrokerKilled => "broker killed (SIGKILL)",
+            Fault::LeaderKilled => "leading relay killed",
+            Fault::LeaderFrozen => "leading relay frozen, resumed",
+            Fault::PgConnectionsKilled => "Postgres connections killed",
+            Fault::PgRestarted => "Postgres restarted",
+            Fault::RedisStopped => "Redis stopped",
+        }
+    }
+}
+
+/// What was injected, when, for how long.
+#[derive(Debug, Clone)]
+pub struct Injected {
+    pub at: Duration,
+    pub fault: Fault,
+    pub outage: Duration,
+    pub note: String,
+}
+
+pub struct Chaos<'a> {
+    pub rng: StdRng,
+    pub kafka: &'a mut testkit::kafka::Cluster,
+    pub relays: &'a mut [Relay; 2],
+    pub postgres: &'a Postgres,
+    pub redis: &'a mut Redis,
+    /// A pool on the run's database, for `pg_terminate_backend`.
+    pub admin: PgPool,
+    pub started: Instant,
+    /// The faults still to come in this round: every kind once per round, in a
+    /// seeded order, so any 7 consecutive faults cover all of them.
+    round: Vec<Fault>,
+}
+
+impl Chaos<'_> {
+    pub fn new<'a>(
+        seed: u64,
+        kafka: &'a mut testkit::kafka::Cluster,
+        relays: &'a mut [Relay; 2],
+        postgres: &'a Postgres,
+        redis: &'a mut Redis,
+        admin: PgPool,
+    ) -> Chaos<'a> {
+        Chaos {
+            rng: StdRng::seed_from_u64(seed ^ 0xc4a05),
+            kafka,
+            relays,
+            postgres,
+            redis,
+            admin,
+            started: Instant::now(),
+            round: vec![],
+        }
+    }
+
+    /// Injects faults, one at a time, until `stop` and the end of the round
+    /// in progress: a run of any length sees every kind of fault.
+    pub async fn run(&mut self, every: Duration, stop: &CancellationToken) -> Vec<Injected> {
+        let mut injected = vec![];
+        loop {
+            let pause = every.mul_f64(self.rng.random_range(0.5..1.5));
+            let round_done = self.round.is_empty() && !injected.is_empty();
+            if round_done && stop.is_cancelled() {
+                return injected;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = stop.cancelled(), if round_done => return injected,
+            }
+            if self.round.is_empty() {
+                self.round = Fault::ALL.to_vec();
+                self.round.shuffle(&mut self.rng);
+            }
+            let fault = self.round.pop().expect("refilled");
+            let at = self.started.elapsed();
+            let begun = Instant::now();
+            let note = match self.inject(fault).await {
+                Ok(note) => note,
+                Err(err) => format!("injection failed: {err:#}"),
+            };
+            println!(
+                "chaos: [{:>6.1}s] {} ({note})",
+                at.as_secs_f64(),
+                fault.name()
+            );
+            injected.push(Injected {
+                at,
+                fault,
+                outage: begun.elapsed(),
+                note,
+            });
+        }
+    }
+
+    fn outage(&mut self, min_ms: u64, max_ms: u64) -> Duration {
+        Duration::from_millis(self.rng.random_range(min_ms..max_ms))
+    }
+
+    async fn leader(&self) -> Option<usize> {
+        for _ in 0..50 {
+            for (i, relay) in self.relays.iter().enumerate() {
+                if relay.is_leader().await {
+                    return Some(i);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        None
+    }
+
+    async fn inject(&mut self, fault: Fault) -> anyhow::Result<String> {
+        let node = self.kafka.nodes()[0].id;
+        Ok(match fault {
+            Fault::BrokerStopped | Fault::BrokerKilled => {
+                let down = self.outage(2_000, 8_000);
+                if fault == Fault::BrokerStopped {
+                    self.kafka.node(node).stop().await?;
+                } else {
+                    self.kafka.node(node).kill();
+                }
+                tokio::time::sleep(down).await;
+                self.kafka.node(node).start_again().await?;
+                format!("down {down:?}")
+            }
+            Fault::LeaderKilled => {
+                let leader = self
+                    .leader()
+                    .await
+                    .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+                let relay = &mut self.relays[leader];
+                relay.kill();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                relay.start()?;
+                format!("relay {} killed and restarted", relay.name)
+            }
+            Fault::LeaderFrozen => {
+                let leader = self
+                    .leader()
+                    .await
+                    .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+                // Longer than the 5 s lease: the standby takes over meanwhile.
+                let frozen = self.outage(3_000, 9_000);
+                self.relays[leader].signal("STOP")?;
+                tokio::time::sleep(frozen).await;
+                self.relays[leader].signal("CONT")?;
+                format!("relay {} frozen {frozen:?}", self.relays[leader].name)
+            }
+            Fault::PgConnectionsKilled => {
+                let killed: i64 = sqlx::query_scalar(
+                    "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+                     where datname = current_database() and pid <> pg_backend_pid()",
+                )
+                .fetch_one(&self.admin)
+                .await?;
+                format!("{killed} backends")
+            }
+            Fault::PgRestarted => {
+                let down = self.outage(1_000, 4_000);
+                let pg = self.postgres;
+                tokio::task::block_in_place(|| pg.stop())?;
+                tokio::time::sleep(down).await;
+                tokio::task::block_in_place(|| pg.start())?;
+                format!("down {down:?}")
+            }
+            Fault::RedisStopped => {
+                let down = self.outage(2_000, 6_000);
+                self.redis.stop();
+                tokio::time::sleep(down).await;
+                self.redis.start().await?;
+                format!("down {down:?}")
+            }
+        })
+    }
+}

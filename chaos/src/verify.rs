@@ -1,0 +1,290 @@
+//! The verdict: the whole topic read back and checked against the event log
+//! and the HTTP replies.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer as _},
+    error::KafkaError,
+    message::{Headers as _, Message as _},
+    types::RDKafkaErrorCode,
+    ClientConfig, Offset, TopicPartitionList,
+};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::workload::Observed;
+
+/// One record of the topic, in partition order.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub ce_id: Option<Uuid>,
+    pub aggregate: Option<Uuid>,
+    pub version: Option<i64>,
+}
+
+/// Reads every partition of `topic` from the beginning to its end.
+pub fn read_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<Vec<Record>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("chaos-verify-{}", Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut at_end = HashSet::new();
+    let mut records = vec![];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while at_end.len() < partitions as usize {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "reading the topic took over 2 min"
+        );
+        match consumer.poll(Duration::from_millis(500)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                at_end.insert(partition);
+            }
+            Some(Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            ))) => {}
+            Some(Err(err)) => return Err(err.into()),
+            Some(Ok(message)) => {
+                let header = |name: &str| {
+                    message.headers().and_then(|headers| {
+                        headers
+                            .iter()
+                            .find(|h| h.key == name)
+                            .and_then(|h| h.value)
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                    })
+                };
+                records.push(Record {
+                    partition: message.partition(),
+                    ce_id: header("ce_id").and_then(|v| v.parse().ok()),
+                    aggregate: message
+                        .key()
+                        .and_then(|k| std::str::from_utf8(k).ok())
+                        .and_then(|k| k.parse().ok()),
+                    version: header("aggregate_version").and_then(|v| v.parse().ok()),
+                });
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// The log's events: `event_id` → `(aggregate_id, aggregate_version)`.
+pub async fn log_events(pool: &PgPool) -> anyhow::Result<HashMap<Uuid, (Uuid, i64)>> {
+    let rows: Vec<(Uuid, Uuid, i64)> =
+        sqlx::query_as("select event_id, aggregate_id, aggregate_version from event_log")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(|(e, a, v)| (e, (a, v))).collect())
+}
+
+/// One line of the verdict table.
+pub struct Check {
+    pub name: &'static str,
+    pub value: String,
+    pub violations: u64,
+}
+
+pub fn verdict(
+    log: &HashMap<Uuid, (Uuid, i64)>,
+    records: &[Record],
+    observed: &Observed,
+) -> Vec<Check> {
+    let by_version: HashMap<(Uuid, i64), Uuid> =
+        log.iter().map(|(event, key)| (*key, *event)).collect();
+    let delivered: HashSet<Uuid> = records.iter().filter_map(|r| r.ce_id).collect();
+
+    let committed: HashSet<(Uuid, i64)> = observed.committed.iter().copied().collect();
+    let missing_in_log = committed
+        .iter()
+        .filter(|key| !by_version.contains_key(key))
+        .count() as u64;
+    let undelivered_2xx = committed
+        .iter()
+        .filter(|key| by_version.get(key).is_none_or(|e| !delivered.contains(e)))
+        .count() as u64;
+    let undelivered_log = log.keys().filter(|e| !delivered.contains(e)).count() as u64;
+    let uncommitted = records
+        .iter()
+        .filter(|r| r.ce_id.is_none_or(|id| !log.contains_key(&id)))
+        .count() as u64;
+    let polled_uncommitted = observed
+        .polled
+        .iter()
+        .filter(|id| !log.contains_key(id))
+        .count() as u64;
+
+    // Per stream, in partition order: each new event must be the next version;
+    // a record already seen is a duplicate (at least once), not a regression.
+    let mut seen = HashSet::new();
+    let mut last: HashMap<Uuid, i64> = HashMap::new();
+    let (mut duplicates, mut out_of_order) = (0u64, 0u64);
+    let mut partitions: HashMap<Uuid, i32> = HashMap::new();
+    let mut split = 0u64;
+    for record in records {
+        let (Some(id), Some(aggregate), Some(version)) =
+            (record.ce_id, record.aggregate, record.version)
+        else {
+            continue;
+        };
+        if *partitions.entry(aggregate).or_insert(record.partition) != record.partition {
+            split += 1;
+        }
+        if !seen.insert(id) {
+            duplicates += 1;
+            continue;
+        }
+        let previous = last.insert(aggregate, version).unwrap_or(0);
+        if version != previous + 1 {
+            out_of_order += 1;
+        }
+    }
+    let server_errors: u64 = observed
+        .statuses
+        .iter()
+        .filter(|((_, status), _)| (500..600).contains(status) && !matches!(status, 503 | 504))
+        .map(|(_, n)| n)
+        .sum();
+
+    vec![
+        Check {
+            name: "2xx commands with their event in the log",
+            value: format!(
+                "{} of {}",
+                committed.len() as u64 - missing_in_log,
+                committed.len()
+            ),
+            violations: missing_in_log,
+        },
+        Check {
+            name: "2xx commands whose event reached the topic",
+            value: format!(
+                "{} of {}",
+                committed.len() as u64 - undelivered_2xx,
+                committed.len()
+            ),
+            violations: undelivered_2xx,
+        },
+        Check {
+            name: "log events delivered",
+            value: format!("{} of {}", log.len() as u64 - undelivered_log, log.len()),
+            violations: undelivered_log,
+        },
+        Check {
+            name: "records of events never committed",
+            value: format!("{uncommitted} of {} records", records.len()),
+            violations: uncommitted,
+        },
+        Check {
+            name: "long-polled events never committed",
+            value: format!("{polled_uncommitted} of {}", observed.polled.len()),
+            violations: polled_uncommitted,
+        },
+        Check {
+            name: "per-stream versions out of order",
+            value: out_of_order.to_string(),
+            violations: out_of_order,
+        },
+        Check {
+            name: "streams split across partitions",
+            value: split.to_string(),
+            violations: split,
+        },
+        Check {
+            name: "HTTP 5xx other than 503/504",
+            value: server_errors.to_string(),
+            violations: server_errors,
+        },
+        Check {
+            name: "duplicates (at least once; counted, allowed)",
+            value: duplicates.to_string(),
+            violations: 0,
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(partition: i32, id: Uuid, aggregate: Uuid, version: i64) -> Record {
+        Record {
+            partition,
+            ce_id: Some(id),
+            aggregate: Some(aggregate),
+            version: Some(version),
+        }
+    }
+
+    fn violations(checks: &[Check]) -> Vec<(&'static str, u64)> {
+        checks
+            .iter()
+            .filter(|c| c.violations > 0)
+            .map(|c| (c.name, c.violations))
+            .collect()
+    }
+
+    #[test]
+    fn each_kind_of_violation_is_caught_and_duplicates_are_not_one() {
+        let stream = Uuid::now_v7();
+        let (v1, v2) = (Uuid::now_v7(), Uuid::now_v7());
+        let log: HashMap<Uuid, (Uuid, i64)> = [(v1, (stream, 1)), (v2, (stream, 2))].into();
+        let observed = Observed {
+            committed: vec![(stream, 1), (stream, 2)],
+            ..Observed::default()
+        };
+        // In order, with a redelivery of both: clean.
+        let clean = [
+            record(0, v1, stream, 1),
+            record(0, v2, stream, 2),
+            record(0, v1, stream, 1),
+            record(0, v2, stream, 2),
+        ];
+        let checks = verdict(&log, &clean, &observed);
+        assert!(violations(&checks).is_empty());
+        assert!(checks
+            .iter()
+            .any(|c| c.name.starts_with("duplicates") && c.value == "2"));
+
+        // Reordered, one lost, one never committed, one on another partition, a 500.
+        let ghost = Uuid::now_v7();
+        let bad = [record(0, v2, stream, 2), record(1, ghost, stream, 3)];
+        let mut observed = observed;
+        observed.statuses.insert(("start", 500), 1);
+        let found = violations(&verdict(&log, &bad, &observed));
+        let names: Vec<&str> = found.iter().map(|(n, _)| *n).collect();
+        for expected in [
+            "2xx commands whose event reached the topic",
+            "log events delivered",
+            "records of events never committed",
+            "per-stream versions out of order",
+            "streams split across partitions",
+            "HTTP 5xx other than 503/504",
+        ] {
+            assert!(
+                names.contains(&expected),
+                "{expected} not caught: {found:?}"
+            );
+        }
+        // A 2xx whose event is not in the log at all.
+        let mut observed = Observed::default();
+        observed.committed.push((Uuid::now_v7(), 1));
+        let found = violations(&verdict(&log, &clean, &observed));
+        assert!(found
+            .iter()
+            .any(|(n, _)| *n == "2xx commands with their event in the log"));
+    }
+}
