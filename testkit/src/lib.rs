@@ -6,6 +6,7 @@
 //!   to break, three for a cluster, optionally behind `SASL_SSL`).
 //! - [`tls`]: a CA and server certificate generated for a test.
 //! - [`proxy`]: a loopback TCP proxy to freeze or cut a connection.
+//! - [`services`]: Postgres and Redis servers of a test's own, to stop.
 //! - [`process`]: a child process logging to a file, killed when dropped;
 //!   [`signal`] through kill(1).
 //! - [`http`]: `GET` on a child's HTTP port, and the samples of a Prometheus
@@ -16,6 +17,7 @@ pub mod http;
 pub mod kafka;
 pub mod process;
 pub mod proxy;
+pub mod services;
 pub mod tls;
 
 use std::future::Future;

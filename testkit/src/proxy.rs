@@ -88,8 +88,14 @@ async fn accept(
         let (server_read, server_write) = server.into_split();
         let connection = stop.child_token();
         for (from, to) in [
-            (Box::new(client_read) as Box<_>, Box::new(server_write) as Box<_>),
-            (Box::new(server_read) as Box<_>, Box::new(client_write) as Box<_>),
+            (
+                Box::new(client_read) as Box<_>,
+                Box::new(server_write) as Box<_>,
+            ),
+            (
+                Box::new(server_read) as Box<_>,
+                Box::new(client_write) as Box<_>,
+            ),
         ] {
             tokio::spawn(pipe(from, to, mode.subscribe(), connection.clone()));
         }

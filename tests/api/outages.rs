@@ -4,9 +4,6 @@
 //! on a free port; the shared one on 6379 is never touched).
 
 use std::{
-    net::TcpListener,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -20,210 +17,15 @@ use serde_json::json;
 use sqlx::{postgres::PgPoolOptions, PgPool};
 use uuid::Uuid;
 
+use testkit::services::{PrivatePostgres, PrivateRedis};
+
 use crate::helpers::TestApp;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn run(command: &mut Command) {
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{command:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A Postgres cluster of its own (initdb into a temp dir, on a free port),
-/// so this test can stop and start it. As root, it runs as user `postgres`.
-struct PrivatePostgres {
-    dir: PathBuf,
-    bin: PathBuf,
-    port: u16,
-    as_root: bool,
-}
-
-impl PrivatePostgres {
-    /// `PG_BINDIR`, or Debian's newest `/usr/lib/postgresql/*/bin`.
-    fn bindir() -> PathBuf {
-        if let Some(dir) = std::env::var_os("PG_BINDIR") {
-            return dir.into();
-        }
-        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("Postgres server binaries in /usr/lib/postgresql (or set PG_BINDIR)")
-            .map(|e| e.unwrap().path().join("bin"))
-            .filter(|p| p.join("initdb").exists())
-            .collect();
-        versions.sort_by_key(|p| {
-            p.parent()
-                .and_then(|v| v.file_name())
-                .and_then(|v| v.to_str())
-                .and_then(|v| v.parse::<u32>().ok())
-        });
-        versions.pop().expect("an initdb under /usr/lib/postgresql")
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let program = self.bin.join(program);
-        if self.as_root {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(program);
-            command
-        } else {
-            Command::new(program)
-        }
-    }
-
-    fn start_new() -> Self {
-        let as_root = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
-            .unwrap()
-            .trim()
-            == "0";
-        let dir = std::env::temp_dir().join(format!("nova-outage-pg-{}", Uuid::now_v7()));
-        std::fs::create_dir_all(&dir).unwrap();
-        if as_root {
-            let id = |flag: &str| -> u32 {
-                String::from_utf8(
-                    Command::new("id")
-                        .args([flag, "postgres"])
-                        .output()
-                        .unwrap()
-                        .stdout,
-                )
-                .unwrap()
-                .trim()
-                .parse()
-                .expect("a user postgres exists")
-            };
-            std::os::unix::fs::chown(&dir, Some(id("-u")), Some(id("-g"))).unwrap();
-        }
-        let pg = Self {
-            bin: Self::bindir(),
-            port: free_port(),
-            as_root,
-            dir,
-        };
-        run(pg
-            .command("initdb")
-            .args([
-                "--auth=trust",
-                "--username=postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "-D",
-            ])
-            .arg(pg.data()));
-        pg.start();
-        pg
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.join("data")
-    }
-
-    fn start(&self) {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
-            self.port,
-            self.dir.display()
-        );
-        run(self
-            .command("pg_ctl")
-            .args(["-w", "-t", "30", "-l"])
-            .arg(self.dir.join("log"))
-            .arg("-D")
-            .arg(self.data())
-            .args(["-o", &options, "start"])
-            .stdout(Stdio::null()));
-    }
-
-    /// `fast`: running transactions are rolled back and clients disconnected.
-    fn stop(&self, mode: &str) {
-        run(self
-            .command("pg_ctl")
-            .args(["-w", "-t", "30", "-m", mode, "-D"])
-            .arg(self.data())
-            .arg("stop")
-            .stdout(Stdio::null()));
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        let _ = self
-            .command("pg_ctl")
-            .args(["-m", "immediate", "-D"])
-            .arg(self.data())
-            .arg("stop")
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A redis-server of its own on a free port, to stop and start.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    async fn start_new() -> Self {
-        let mut redis = Self {
-            port: free_port(),
-            child: None,
-        };
-        redis.start().await;
-        redis
-    }
-
-    async fn start(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        self.child = Some(child);
-        let client = redis::Client::open(self.url()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while client.get_multiplexed_async_connection().await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "private redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// A scratch directory for a private server's files.
+fn scratch(label: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("nova-outage-{label}-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// One reply of the load: when it was sent, how long it took, what it was.
@@ -379,10 +181,10 @@ async fn creators(app: &TestApp, n: usize) -> Vec<String> {
 /// back the same process serves again.
 #[tokio::test]
 async fn postgres_stopped_under_load_is_503_then_recovers() {
-    let pg = PrivatePostgres::start_new();
+    let pg = PrivatePostgres::start_new(&scratch("pg")).expect("a private Postgres");
     let pool = PgPoolOptions::new()
         .max_connections(4)
-        .connect(&pg.url())
+        .connect(&pg.url("postgres"))
         .await
         .unwrap();
     MIGRATOR.run(&pool).await.unwrap();
@@ -395,7 +197,7 @@ async fn postgres_stopped_under_load_is_503_then_recovers() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let stopped_at = Instant::now();
-    pg.stop("fast");
+    pg.stop().expect("stop Postgres");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ready = app.get("/readyz").await;
     assert_eq!(
@@ -412,7 +214,7 @@ async fn postgres_stopped_under_load_is_503_then_recovers() {
     println!("postgres down: {}", summary(&down));
 
     let restarted_at = Instant::now();
-    pg.start();
+    pg.start().expect("start Postgres again");
     let recovered = wait_until(
         "service resumes after Postgres restarts",
         Duration::from_secs(20),
@@ -523,7 +325,9 @@ async fn killed_postgres_connections_are_503_then_recover(pool: PgPool) {
 /// heartbeats count again, in the same process.
 #[sqlx::test]
 async fn redis_stopped_degrades_then_recovers(pool: PgPool) {
-    let mut redis = PrivateRedis::start_new().await;
+    let mut redis = PrivateRedis::start_new(&scratch("redis"))
+        .await
+        .expect("a private redis-server");
     let url = redis.url();
     let app = TestApp::spawn_with(pool, |s| s.redis_url = url).await;
     let stream = app.live_stream(app.create_user("creator").await, "s").await;
@@ -566,7 +370,7 @@ async fn redis_stopped_degrades_then_recovers(pool: PgPool) {
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(ready.body["redis"], "unavailable");
 
-    redis.start().await;
+    redis.start().await.expect("start redis-server again");
     let recovered = wait_until(
         "heartbeats count again",
         Duration::from_secs(15),

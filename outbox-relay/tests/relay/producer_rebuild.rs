@@ -33,6 +33,21 @@ fn publish_args(broker: &Broker) -> PublishArgs {
     }
 }
 
+/// A publisher to the test's topic, and how many producers it has built.
+fn counted_publisher(broker: &Broker) -> (Publisher, Arc<AtomicUsize>) {
+    let builds = Arc::new(AtomicUsize::new(0));
+    let counter = builds.clone();
+    let publisher = Publisher::new(
+        &publish_args(broker),
+        broker.topic().to_owned(),
+        Box::new(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }),
+    )
+    .expect("publisher");
+    (publisher, builds)
+}
+
 /// Version `version` of `stream`, at log position `position`.
 fn event(stream: Uuid, version: i64, position: i64) -> OutboxEvent {
     OutboxEvent {
@@ -52,16 +67,7 @@ fn event(stream: Uuid, version: i64, position: i64) -> OutboxEvent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_producer_with_batches_in_flight_fails_the_window_not_the_order() {
     let broker = Broker::shared().await;
-    let builds = Arc::new(AtomicUsize::new(0));
-    let counter = builds.clone();
-    let mut publisher = Publisher::new(
-        &publish_args(&broker),
-        broker.topic().to_owned(),
-        Box::new(move || {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }),
-    )
-    .expect("publisher");
+    let (mut publisher, builds) = counted_publisher(&broker);
     // Batch N holds every stream's v1, batch N+1 their v2.
     let streams: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
     let first: Vec<_> = (0..50)
@@ -101,16 +107,7 @@ async fn a_stale_producer_with_batches_in_flight_fails_the_window_not_the_order(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_producer_with_nothing_in_flight_is_replaced() {
     let broker = Broker::shared().await;
-    let builds = Arc::new(AtomicUsize::new(0));
-    let counter = builds.clone();
-    let mut publisher = Publisher::new(
-        &publish_args(&broker),
-        broker.topic().to_owned(),
-        Box::new(move || {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }),
-    )
-    .expect("publisher");
+    let (mut publisher, builds) = counted_publisher(&broker);
     let stream = Uuid::now_v7();
     publisher
         .publish(&[event(stream, 1, 1)])
