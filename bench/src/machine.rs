@@ -15,7 +15,10 @@ pub struct Machine {
     /// Settings that change what the command path costs over a run.
     pub postgres_settings: String,
     pub redis: String,
-    pub tansu: String,
+    /// The broker's version, from the jars it runs on, its JVM and heap.
+    pub kafka: String,
+    pub java: String,
+    pub kafka_heap: &'static str,
     pub librdkafka: String,
     pub rustc: String,
     pub commit: String,
@@ -40,7 +43,7 @@ fn proc_field(file: &str, key: &str) -> Option<String> {
 }
 
 impl Machine {
-    pub async fn describe(admin: &PgPool, redis_url: &str, tansu: &str) -> Self {
+    pub async fn describe(admin: &PgPool, redis_url: &str) -> Self {
         let memory_kib: f64 = proc_field("/proc/meminfo", "MemTotal")
             .and_then(|v| v.trim_end_matches(" kB").trim().parse().ok())
             .unwrap_or(0.0);
@@ -79,7 +82,9 @@ impl Machine {
             postgres,
             postgres_settings,
             redis,
-            tansu: command_output(tansu, &["--version"]),
+            kafka: kafka_version().unwrap_or_else(|| "Apache Kafka (unknown version)".into()),
+            java: java_version().unwrap_or_else(|| "unknown Java".into()),
+            kafka_heap: testkit::ClusterOptions::default().heap,
             librdkafka: rdkafka::util::get_rdkafka_version().1,
             rustc: command_output("rustc", &["--version"]),
             commit,
@@ -89,7 +94,7 @@ impl Machine {
     pub fn markdown(&self) -> String {
         format!(
             "- Machine: {} cores ({}), {:.1} GiB memory, Linux {}; shared with other work, so only the ratios decide.\n\
-             - Versions: {}, Redis {}, {}, librdkafka {}, {}.\n\
+             - Versions: {}, Redis {}, {} (a single KRaft node per scenario on loopback, {}, -Xmx{}), librdkafka {}, {}.\n\
              - Postgres settings: {}.\n\
              - Commit: {}.\n",
             self.cores,
@@ -98,7 +103,9 @@ impl Machine {
             self.kernel,
             self.postgres,
             self.redis,
-            self.tansu,
+            self.kafka,
+            self.java,
+            self.kafka_heap,
             self.librdkafka,
             self.rustc,
             self.postgres_settings,
@@ -118,4 +125,28 @@ async fn redis_version(url: &str) -> Option<String> {
     info.lines()
         .find_map(|l| l.strip_prefix("redis_version:"))
         .map(|v| v.trim().to_owned())
+}
+
+/// "Apache Kafka 4.4.0", from the broker jar's name (`kafka_<scala>-<version>.jar`)
+/// in the directory the bench's nodes run from.
+fn kafka_version() -> Option<String> {
+    std::fs::read_dir(testkit::kafka::kafka_libs())
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let version = name.strip_prefix("kafka_")?.strip_suffix(".jar")?;
+            let (_scala, version) = version.split_once('-')?;
+            Some(format!("Apache Kafka {version}"))
+        })
+}
+
+/// "openjdk 17.0.15", from the first line of `java -version` (on stderr):
+/// `openjdk version "17.0.15" 2025-04-15`.
+fn java_version() -> Option<String> {
+    let output = Command::new("java").arg("-version").output().ok()?;
+    let text = String::from_utf8_lossy(&output.stderr);
+    let (vendor, rest) = text.lines().next()?.split_once(" version ")?;
+    let version = rest.split('"').nth(1)?;
+    Some(format!("{vendor} {version}"))
 }

@@ -1,13 +1,13 @@
 //! `cargo run --release -p bench -- quick|full [SCENARIO…]`: the benchmarks of
 //! issue 5, each figure a ratio against a baseline measured in the same run.
 //! It builds the release binaries, prepares a scratch database per scenario,
-//! starts Tansu, the API and the relay as needed, prints a table and writes it
+//! starts a Kafka node, the API and the relay as needed, prints a table and writes it
 //! into `BENCHMARKS.md`. See `docs/benchmarks.md` for the method.
 //!
 //! Where things live:
 //! - [`plan`]: quick and full mode: durations, repetitions, sizes.
-//! - [`harness`]: scratch databases, the Tansu broker, the API and relay as
-//!   child processes, peak RSS from `/proc`.
+//! - [`harness`]: scratch databases, an Apache Kafka node of the bench's own,
+//!   the API and relay as child processes, peak RSS from `/proc`.
 //! - [`cpu`]: CPU time per process of a leg, from `/proc`.
 //! - [`load`]: the HTTP load generator (closed and open loop, 127.0.0.1 only).
 //! - [`sqlcount`]: counts SQL round trips from sqlx's tracing events.
@@ -145,12 +145,7 @@ async fn main() -> anyhow::Result<()> {
         .connect(&cli.database_url)
         .await
         .with_context(|| format!("cannot connect to {}", cli.database_url))?;
-    let machine = machine::Machine::describe(
-        &admin,
-        harness::REDIS_URL,
-        &testkit::tansu_bin().to_string_lossy(),
-    )
-    .await;
+    let machine = machine::Machine::describe(&admin, harness::REDIS_URL).await;
     let mut ctx = Ctx {
         plan: Plan::new(mode),
         admin,

@@ -1,31 +1,23 @@
-//! What a scenario stands on: scratch databases, a Tansu broker, the release
-//! binaries as child processes, and where their logs go. The broker, child
+//! What a scenario stands on: scratch databases, a Kafka node of its own, the
+//! release binaries as child processes, and where their logs go. Kafka, child
 //! processes and waiting are the workspace's `testkit` (shared with the
 //! relay's tests).
 
+pub mod broker;
 pub mod db;
 pub mod process;
 
 use std::path::PathBuf;
 
+pub use broker::Broker;
 pub use db::ScratchDb;
 pub use process::{ApiProcess, RelayProcess};
-
-use testkit::{Broker, Storage};
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 /// The topic every scenario publishes to; three partitions, as in the relay's tests.
 pub const TOPIC: &str = "nova.stream-events";
 pub const PARTITIONS: i32 = 3;
-
-/// An in-memory Tansu broker with [`TOPIC`] on it, logging to
-/// `<log_dir>/tansu-<label>.log`; killed when dropped.
-pub async fn start_broker(label: &str) -> anyhow::Result<Broker> {
-    let broker = Broker::start(Storage::Memory, &log_dir(), &format!("tansu-{label}")).await?;
-    broker.create_topic(TOPIC, PARTITIONS).await?;
-    Ok(broker)
-}
 
 /// `target/release`: where `cargo build --release` put this binary and its siblings.
 pub fn bin_dir() -> PathBuf {

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{start_broker, ApiProcess, RelayProcess, ScratchDb};
+use crate::harness::{ApiProcess, Broker, RelayProcess, ScratchDb};
 use crate::load::{open_loop, CommandClient, Creator};
 use crate::plan::Plan;
 use crate::report::Figure;
@@ -29,7 +29,7 @@ struct Phases {
 
 pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
     let plan = ctx.plan.clone();
-    let broker = start_broker("outage").await?;
+    let broker = Broker::start("outage").await?;
     // A 1 s backoff cap bounds the catch-up wait after each outage.
     let relay = RelayProcess::spawn(
         &db.url,
