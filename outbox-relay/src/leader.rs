@@ -81,15 +81,24 @@ pub struct LeaderLock {
     next_renewal: Instant,
 }
 
-/// Runs `statement` on the lock connection with its deadline
-/// ([`LeaderLock::deadline`]).
+/// Runs `work` on the lock connection with its deadline
+/// ([`LeaderLock::deadline`]); its own result, whatever its error type, inside.
+pub async fn before_deadline<T>(
+    deadline: Duration,
+    work: impl Future<Output = T>,
+) -> Result<T, LockError> {
+    tokio::time::timeout(deadline, work)
+        .await
+        .map_err(|_| LockError::Deadline(deadline))
+}
+
+/// [`before_deadline`] for a plain statement: its error is the lock's.
 pub async fn within<T>(
     deadline: Duration,
     statement: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, LockError> {
-    tokio::time::timeout(deadline, statement)
-        .await
-        .map_err(|_| LockError::Deadline(deadline))?
+    before_deadline(deadline, statement)
+        .await?
         .map_err(LockError::Query)
 }
 
@@ -104,12 +113,11 @@ impl LeaderLock {
     ) -> Result<Option<Self>, LockError> {
         let deadline = settings.statement_timeout;
         let options: PgConnectOptions = database_url.parse().map_err(LockError::Connect)?;
-        let mut conn = tokio::time::timeout(
+        let mut conn = before_deadline(
             deadline,
             options.application_name(LOCK_APPLICATION_NAME).connect(),
         )
-        .await
-        .map_err(|_| LockError::Deadline(deadline))?
+        .await?
         .map_err(LockError::Connect)?;
         // The server's side of the session: a relay that vanished from the
         // network loses its session (and lock) within ~10 s.

@@ -119,13 +119,11 @@ impl Checkpoints {
     /// Writes the pending progress (compare-and-set against what was stored).
     async fn flush(&mut self, lock: &mut LeaderLock, name: &str) -> Result<(), RelayError> {
         if let Some(new) = self.pending {
-            let deadline = lock.deadline();
-            tokio::time::timeout(
-                deadline,
+            leader::before_deadline(
+                lock.deadline(),
                 checkpoint::advance(lock.conn(), name, self.stored, new),
             )
-            .await
-            .map_err(|_| LockError::Deadline(deadline))??;
+            .await??;
             self.written();
         }
         Ok(())
@@ -289,7 +287,7 @@ impl Relay {
                 while let Some(index) = self.publisher.first_oversized(&batch) {
                     let refused = batch[index].clone();
                     let limit = "larger than the topic's max.message.bytes";
-                    self.park_for(lock, &refused, limit).await?;
+                    self.park(lock, &refused, limit).await?;
                     let at = refused.checkpoint();
                     batch.retain(|e| e.aggregate_id != refused.aggregate_id || e.checkpoint() < at);
                     reader.forget();
@@ -352,7 +350,7 @@ impl Relay {
                     checkpoints.flush(lock, &name).await?;
                     match refused {
                         Some(event) if isolating || alone => {
-                            self.park(lock, &event, &source).await?;
+                            self.park(lock, &event, &source.to_string()).await?;
                         }
                         _ => {
                             tracing::warn!(error = %source, %through,
@@ -546,17 +544,8 @@ impl Relay {
         }
     }
 
-    /// Parks `event`'s stream: Kafka refused it for good.
+    /// Parks `event`'s stream: Kafka refused it for good, for `error`.
     async fn park(
-        &self,
-        lock: &mut LeaderLock,
-        event: &OutboxEvent,
-        error: &rdkafka::error::KafkaError,
-    ) -> Result<(), RelayError> {
-        self.park_for(lock, event, &error.to_string()).await
-    }
-
-    async fn park_for(
         &self,
         lock: &mut LeaderLock,
         event: &OutboxEvent,
@@ -613,7 +602,7 @@ impl Relay {
                 }
             }
             match refused {
-                Some((event, source)) => self.park(lock, event, &source).await?,
+                Some((event, source)) => self.park(lock, event, &source.to_string()).await?,
                 None => {
                     leader::within(
                         lock.deadline(),
