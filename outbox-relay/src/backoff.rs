@@ -7,7 +7,24 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
-use crate::config::PublishArgs;
+/// The retry delays' bounds (`RELAY_BACKOFF_MIN`, `RELAY_BACKOFF_MAX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.min <= self.max,
+            "RELAY_BACKOFF_MIN ({:?}) is above RELAY_BACKOFF_MAX ({:?})",
+            self.min,
+            self.max
+        );
+        Ok(())
+    }
+}
 
 pub struct RetryDelay {
     min: Duration,
@@ -17,10 +34,10 @@ pub struct RetryDelay {
 }
 
 impl RetryDelay {
-    pub fn new(args: &PublishArgs) -> Self {
+    pub fn new(bounds: Backoff) -> Self {
         Self {
-            min: args.backoff_min,
-            max: args.backoff_max,
+            min: bounds.min,
+            max: bounds.max,
             current: None,
         }
     }
@@ -53,29 +70,17 @@ impl RetryDelay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser as _;
 
-    fn delays(min: &str, max: &str) -> RetryDelay {
-        let cli = crate::config::Cli::try_parse_from([
-            "outbox-relay",
-            "run",
-            "--database-url",
-            "postgres://x",
-            "--backoff-min",
-            min,
-            "--backoff-max",
-            max,
-        ])
-        .expect("parses");
-        let crate::config::Command::Run(args) = cli.command else {
-            panic!("not run")
-        };
-        RetryDelay::new(&args.publish)
+    fn delays(min_ms: u64, max_ms: u64) -> RetryDelay {
+        RetryDelay::new(Backoff {
+            min: Duration::from_millis(min_ms),
+            max: Duration::from_millis(max_ms),
+        })
     }
 
     #[test]
     fn grows_to_the_cap_and_starts_over_after_a_success() {
-        let mut retry = delays("100ms", "1s");
+        let mut retry = delays(100, 1_000);
         let first = retry.after_failure();
         assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(200));
         let later: Vec<_> = (0..10).map(|_| retry.after_failure()).collect();
@@ -84,5 +89,15 @@ mod tests {
         assert!(retry.succeeded());
         assert!(!retry.succeeded());
         assert!(retry.after_failure() <= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_minimum_above_the_maximum_is_refused() {
+        let bounds = |min, max| Backoff {
+            min: Duration::from_millis(min),
+            max: Duration::from_millis(max),
+        };
+        assert!(bounds(100, 100).validate().is_ok());
+        assert!(bounds(200, 100).validate().is_err());
     }
 }

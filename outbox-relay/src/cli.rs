@@ -1,4 +1,5 @@
-//! What each subcommand does. `main` parses and calls [`dispatch`].
+//! What each subcommand does. `main` parses and calls [`dispatch`]; the
+//! command line becomes each command's plain settings here, and only here.
 
 use std::io::IsTerminal as _;
 
@@ -8,10 +9,20 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+use crate::backoff::Backoff;
 use crate::checkpoint::{self, Checkpoint, StoredCheckpoint};
-use crate::config::{Cli, Command, LogFormat, ParkedAction, ParkedArgs, ResetArgs};
+use crate::config::{
+    Cli, Command, DeliveryMode, KafkaArgs, LogFormat, ParkedAction, ParkedArgs, PublishArgs,
+    ReplayArgs, ResetArgs, RunArgs, TailArgs,
+};
+use crate::kafka::KafkaSettings;
+use crate::leader::LeaseSettings;
 use crate::parked::{self, Action};
+use crate::publisher::PublishSettings;
+use crate::relay::{Delivery, RelaySettings};
+use crate::replay::ReplaySettings;
 use crate::restore;
+use crate::tail::TailSettings;
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     init_tracing(cli.log_format);
@@ -23,12 +34,87 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {}", args.http_addr))?;
             tracing::info!(http = %http.local_addr()?, relay = %args.relay_name, topic = %args.topic, "outbox-relay starting");
-            crate::service::run(args, http, shutdown).await
+            crate::service::run(relay_settings(args), http, shutdown).await
         }
-        Command::Tail(args) => crate::tail::run(args, shutdown).await,
+        Command::Tail(args) => crate::tail::run(tail_settings(args), shutdown).await,
         Command::ResetCheckpoint(args) => reset_checkpoint(args).await,
-        Command::Replay(args) => crate::replay::run(args, shutdown).await,
+        Command::Replay(args) => crate::replay::run(replay_settings(args), shutdown).await,
         Command::Parked(args) => parked(args).await,
+    }
+}
+
+pub fn relay_settings(args: RunArgs) -> RelaySettings {
+    RelaySettings {
+        database_url: args.database_url,
+        name: args.relay_name,
+        topic: args.topic,
+        channel: args.channel,
+        poll_interval: args.poll_interval,
+        lock_check_interval: args.lock_check_interval,
+        lease: LeaseSettings {
+            ttl: args.lease_ttl,
+            statement_timeout: args.lock_statement_timeout,
+        },
+        batch_size: args.publish.batch_size,
+        max_in_flight_batches: args.max_in_flight_batches,
+        backoff: backoff(&args.publish),
+        publish: publish_settings(args.publish),
+        delivery: match args.delivery {
+            DeliveryMode::AtLeastOnce => Delivery::AtLeastOnce,
+            DeliveryMode::ExactlyOnce => Delivery::ExactlyOnce {
+                transaction_timeout: args.transaction_timeout,
+            },
+        },
+    }
+}
+
+fn replay_settings(args: ReplayArgs) -> ReplaySettings {
+    ReplaySettings {
+        selection: args.selection(),
+        database_url: args.database_url,
+        topic: args.topic,
+        dry_run: args.dry_run,
+        rate: args.rate,
+        name: args.name,
+        resume: args.resume,
+        batch_size: args.publish.batch_size,
+        backoff: backoff(&args.publish),
+        publish: publish_settings(args.publish),
+    }
+}
+
+fn tail_settings(args: TailArgs) -> TailSettings {
+    TailSettings {
+        kafka: kafka_settings(&args.kafka),
+        topic: args.topic,
+        group: args.group,
+        latest: args.latest,
+        max_records: args.max_records,
+        idle_timeout: args.idle_timeout,
+        json: args.json,
+    }
+}
+
+pub fn publish_settings(args: PublishArgs) -> PublishSettings {
+    PublishSettings {
+        kafka: kafka_settings(&args.kafka),
+        delivery_timeout: args.delivery_timeout,
+        warmup_timeout: args.warmup_timeout,
+        ce_source: args.ce_source,
+    }
+}
+
+fn backoff(args: &PublishArgs) -> Backoff {
+    Backoff {
+        min: args.backoff_min,
+        max: args.backoff_max,
+    }
+}
+
+fn kafka_settings(args: &KafkaArgs) -> KafkaSettings {
+    KafkaSettings {
+        brokers: args.brokers.clone(),
+        overrides: args.overrides(),
     }
 }
 

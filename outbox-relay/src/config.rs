@@ -1,10 +1,11 @@
 //! The command line. Every option has a flag and an env var; flags win.
+//! Only `cli.rs` reads these: it builds each command's plain settings from
+//! them, so nothing below the command line depends on clap.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use rdkafka::ClientConfig;
 
 use crate::replay::selection::{Bound, Selection};
 
@@ -126,31 +127,26 @@ pub struct RunArgs {
     #[arg(long, env = "RELAY_CHANNEL", default_value = "nova_events")]
     pub channel: String,
 
+    /// `at-least-once` (an idempotent producer; consumers dedupe on `ce_id`)
+    /// or `exactly-once` (a transactional producer: `read_committed`
+    /// consumers see every event once). See docs/relay.md.
+    #[arg(long, env = "RELAY_DELIVERY", default_value = "at-least-once")]
+    pub delivery: DeliveryMode,
+
+    /// Exactly-once only: the broker aborts a transaction left open this long
+    /// (`transaction.timeout.ms`).
+    #[arg(long, env = "RELAY_TRANSACTION_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub transaction_timeout: Duration,
+
     /// Producer settings, deadlines and backoff (shared with `replay`).
     #[command(flatten)]
     pub publish: PublishArgs,
 }
 
-impl RunArgs {
-    /// Rejects settings the relay loop cannot work with.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        self.publish.validate()?;
-        // The whole window sits in librdkafka's queue; beyond its default
-        // `queue.buffering.max.messages` every send would fail with QueueFull.
-        let window = u64::from(self.max_in_flight_batches) * u64::from(self.publish.batch_size);
-        anyhow::ensure!(
-            window <= 100_000,
-            "RELAY_MAX_IN_FLIGHT_BATCHES × RELAY_BATCH_SIZE ({window}) is above 100,000"
-        );
-        // A renewal must be able to finish well inside the lease it renews.
-        anyhow::ensure!(
-            self.lock_statement_timeout * 2 <= self.lease_ttl,
-            "RELAY_LOCK_STATEMENT_TIMEOUT ({:?}) must be at most half of RELAY_LEASE_TTL ({:?})",
-            self.lock_statement_timeout,
-            self.lease_ttl
-        );
-        Ok(())
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeliveryMode {
+    AtLeastOnce,
+    ExactlyOnce,
 }
 
 /// How events are published: the same for the live relay and for `replay`, so
@@ -185,23 +181,6 @@ pub struct PublishArgs {
 
     #[command(flatten)]
     pub kafka: KafkaArgs,
-}
-
-impl PublishArgs {
-    /// Rejects settings the publishing loops cannot work with.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.backoff_min <= self.backoff_max,
-            "RELAY_BACKOFF_MIN ({:?}) is above RELAY_BACKOFF_MAX ({:?})",
-            self.backoff_min,
-            self.backoff_max
-        );
-        anyhow::ensure!(
-            !self.delivery_timeout.is_zero(),
-            "RELAY_DELIVERY_TIMEOUT must be above zero"
-        );
-        Ok(())
-    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -340,20 +319,12 @@ pub struct ResetArgs {
 }
 
 impl KafkaArgs {
-    /// The relay's defaults, then `KAFKA_CONFIG_*` env vars, then `--kafka-config`.
-    pub fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.brokers);
-        for (key, value) in defaults {
-            config.set(*key, *value);
-        }
-        for (key, value) in env_overrides(std::env::vars()) {
-            config.set(key, value);
-        }
-        for (key, value) in &self.kafka_config {
-            config.set(key, value);
-        }
-        config
+    /// The operator's librdkafka settings: `KAFKA_CONFIG_*` env vars, then
+    /// `--kafka-config` flags (later ones win).
+    pub fn overrides(&self) -> Vec<(String, String)> {
+        let mut pairs = env_overrides(std::env::vars());
+        pairs.extend(self.kafka_config.iter().cloned());
+        pairs
     }
 }
 
@@ -438,5 +409,48 @@ mod tests {
         assert_eq!(args.max_in_flight_batches, 4);
         assert_eq!(args.topic, "nova.stream-events");
         assert_eq!(args.publish.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(args.delivery, DeliveryMode::AtLeastOnce);
+        assert_eq!(args.transaction_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn replay_flags_parse_and_resume_excludes_a_new_slice() {
+        let cli = Cli::try_parse_from([
+            "outbox-relay",
+            "replay",
+            "--database-url",
+            "postgres://x",
+            "--from",
+            "10",
+            "--to",
+            "2026-11-26T00:00:00Z",
+            "--type",
+            "stream.ended",
+            "--type",
+            "stream.started",
+            "--rate",
+            "50",
+        ])
+        .expect("parses");
+        let Command::Replay(args) = cli.command else {
+            panic!("not replay")
+        };
+        assert_eq!(args.from, Some(Bound::Position(10)));
+        assert!(matches!(args.to, Some(Bound::Time(_))));
+        assert_eq!(args.types.len(), 2);
+        assert_eq!(args.rate, Some(50));
+        assert_eq!(args.topic, "nova.stream-events");
+        assert_eq!(args.publish.batch_size, 500);
+        for bad in [
+            &["--resume"][..],
+            &["--resume", "--name", "n", "--from", "1"],
+            &["--dry-run", "--resume", "--name", "n"],
+            &["--rate", "0"],
+            &["--from", "yesterday"],
+        ] {
+            let mut argv = vec!["outbox-relay", "replay", "--database-url", "postgres://x"];
+            argv.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(&argv).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -4,11 +4,13 @@
 //!
 //! Where things live:
 //! - [`config`]: the command line and env vars (`run`, `tail`, `reset-checkpoint`,
-//!   `replay`).
-//! - [`cli`]: what each subcommand does; signal handling; log setup.
+//!   `replay`, `parked`). Only [`cli`] reads it.
+//! - [`cli`]: what each subcommand does: builds its plain settings from the
+//!   command line; signal handling; log setup.
 //! - [`service`]: the deployable: wires the tasks below and shuts them down.
-//! - [`relay`]: the loop: standby → leader → read, publish, checkpoint, back off.
-//! - [`in_flight`]: the window of batches sent and awaiting acks, settled in order.
+//! - [`relay`]: standby → leader → standby; a leadership owns the lock, the
+//!   checkpoints, the window of batches in flight and the reader, and drains
+//!   step by step: cursor → batch → producer → checkpoint.
 //! - [`leader`]: the session advisory lock, on a dedicated connection that also
 //!   reads and writes checkpoints, so a relay without the lock can do neither.
 //! - [`reader`]: the gap-safe read below the transaction horizon, and backlog stats.
@@ -19,7 +21,8 @@
 //!   future, or another system identifier).
 //! - [`event`]: an event row and its Kafka record (key, value, CloudEvents headers).
 //! - [`publisher`]: the idempotent producer, for relay and replay: whole batch
-//!   in, all acks awaited, a deadline per batch, rebuilt after any failure.
+//!   in, all acks awaited, a deadline per batch, rebuilt only when it must be.
+//! - [`kafka`]: bootstrap servers and the operator's librdkafka settings.
 //! - [`wakeup`]: `LISTEN nova_events`, re-registered on reconnect; the poll fallback
 //!   lives in [`relay`].
 //! - [`stats`]: backlog, oldest unpublished event, horizon hold-back.
@@ -37,9 +40,10 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod health;
-pub mod in_flight;
+pub mod kafka;
 pub mod leader;
 pub mod metrics;
+pub mod offsets;
 pub mod parked;
 pub mod publisher;
 pub mod reader;

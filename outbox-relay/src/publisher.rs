@@ -21,8 +21,44 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, DeliveryFuture, FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::PublishArgs;
 use crate::event::OutboxEvent;
+use crate::kafka::KafkaSettings;
+
+/// How events are published: the same for the live relay and for `replay`, so
+/// a replay behaves towards the broker exactly as the relay does.
+#[derive(Debug, Clone)]
+pub struct PublishSettings {
+    pub kafka: KafkaSettings,
+    /// Deadline for one attempt to get a batch acknowledged.
+    pub delivery_timeout: Duration,
+    /// Deadline for a new producer's first batch (connect, metadata, producer id).
+    pub warmup_timeout: Duration,
+    /// CloudEvents `ce_source` of every record.
+    pub ce_source: String,
+}
+
+/// A transactional producer's settings (exactly-once delivery).
+#[derive(Debug, Clone)]
+pub struct Transactional {
+    /// Shared by every leader of one relay: a new producer fences older ones.
+    pub id: String,
+    /// `transaction.timeout.ms`: the broker aborts a transaction left open
+    /// this long (a relay that died without a successor).
+    pub timeout: Duration,
+    /// Where the transaction's cursor record goes.
+    pub offsets_topic: String,
+}
+
+impl PublishSettings {
+    /// Rejects settings the publishing loops cannot work with.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.delivery_timeout.is_zero(),
+            "RELAY_DELIVERY_TIMEOUT must be above zero"
+        );
+        Ok(())
+    }
+}
 
 /// librdkafka settings the relay relies on; `--kafka-config` can override them.
 pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
@@ -64,6 +100,19 @@ pub enum PublishError {
     Timeout(Duration),
     #[error("the producer failed fatally")]
     Fatal,
+    #[error("transaction failed: {0}")]
+    Transaction(#[source] KafkaError),
+    #[error("cannot read the relay's cursor from Kafka: {0}")]
+    Cursor(#[source] KafkaError),
+    /// The batch's record at `index` is larger than the topic accepts, found
+    /// before anything of the batch was enqueued: the producer and the batches
+    /// in flight on it are kept. The relay parks the record's stream.
+    #[error("record of {size} bytes is larger than the topic's max.message.bytes ({limit})")]
+    TooLarge {
+        index: usize,
+        size: usize,
+        limit: usize,
+    },
     /// Kafka refused the batch's record at `index` for good: no resend of the
     /// same record can succeed. The relay parks its stream.
     #[error("Kafka refused the record for good: {source}")]
@@ -95,7 +144,7 @@ impl PublishError {
     /// A missed deadline only: the producer and its batches are kept, and
     /// librdkafka's own retries may still deliver them, each once.
     pub fn keeps_window(&self) -> bool {
-        matches!(self, Self::Timeout(_))
+        matches!(self, Self::Timeout(_) | Self::TooLarge { .. })
     }
 }
 
@@ -164,6 +213,15 @@ pub struct Sent {
     deadline: Instant,
     /// The flag of the producer it was sent on.
     stale: StaleFlag,
+    /// Every ack arrived (and the batch no longer counts as outstanding).
+    settled: bool,
+}
+
+impl Sent {
+    /// Time since the batch was enqueued.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
 }
 
 struct LiveProducer {
@@ -189,6 +247,15 @@ pub struct Publisher {
     outstanding: usize,
     /// Called once per producer built (for the rebuild metric).
     on_build: Box<dyn Fn() + Send + Sync>,
+    /// `Some` for a transactional (exactly-once) publisher.
+    transactional: Option<Transactional>,
+    /// A transaction is open on `live`, and whether its cursor record was sent.
+    txn: Option<OpenTxn>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct OpenTxn {
+    cursor_sent: bool,
 }
 
 impl Publisher {
@@ -199,11 +266,11 @@ impl Publisher {
     /// CA file. librdkafka checks them when a client is created, so one is
     /// created here and dropped; it connects to nothing before it is used.
     pub fn new(
-        args: &PublishArgs,
+        settings: &PublishSettings,
         topic: String,
         on_build: Box<dyn Fn() + Send + Sync>,
     ) -> Result<Self, PublishError> {
-        let config = args.kafka.client_config(PRODUCER_DEFAULTS);
+        let config = settings.kafka.client_config(PRODUCER_DEFAULTS);
         drop(
             config
                 .create::<BaseProducer>()
@@ -212,15 +279,141 @@ impl Publisher {
         Ok(Self {
             config,
             topic,
-            ce_source: args.ce_source.clone(),
+            ce_source: settings.ce_source.clone(),
             extra_headers: Vec::new(),
-            delivery_timeout: args.delivery_timeout,
-            warmup_timeout: args.warmup_timeout,
+            delivery_timeout: settings.delivery_timeout,
+            warmup_timeout: settings.warmup_timeout,
             live: None,
             record_limit: None,
             outstanding: 0,
             on_build,
+            transactional: None,
+            txn: None,
         })
+    }
+
+    /// A transactional publisher: every send joins the open transaction (one
+    /// is begun when none is), and [`Self::commit`] ends it. It builds a
+    /// producer only in [`Self::prepare`], never inside a send: after a new
+    /// producer fenced the old ones, the caller must read its cursor again
+    /// before sending.
+    pub fn transactional(
+        settings: &PublishSettings,
+        topic: String,
+        transactional: Transactional,
+        on_build: Box<dyn Fn() + Send + Sync>,
+    ) -> Result<Self, PublishError> {
+        let mut publisher = Self::new(settings, topic, on_build)?;
+        let timeout_ms = transactional.timeout.as_millis().to_string();
+        publisher
+            .config
+            .set("transactional.id", &transactional.id)
+            .set("transaction.timeout.ms", &timeout_ms);
+        // librdkafka refuses a message timeout above the transaction's.
+        if transactional.timeout < Duration::from_secs(30) {
+            publisher.config.set("message.timeout.ms", &timeout_ms);
+        }
+        drop(
+            publisher
+                .config
+                .create::<BaseProducer>()
+                .map_err(PublishError::Config)?,
+        );
+        publisher.transactional = Some(transactional);
+        Ok(publisher)
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.transactional.is_some()
+    }
+
+    /// A healthy producer is live: [`Self::prepare`] would build nothing.
+    pub fn is_ready(&self) -> bool {
+        self.live.as_ref().is_some_and(|live| !live.stale.is_set())
+    }
+
+    /// Builds a producer unless a healthy one is live (for a transactional
+    /// publisher: and fences every older producer of its transactional id).
+    /// `true` when it built one.
+    pub async fn prepare(&mut self) -> Result<bool, PublishError> {
+        if self.is_ready() {
+            return Ok(false);
+        }
+        self.ensure_producer().await?;
+        Ok(true)
+    }
+
+    /// Ends the open transaction: sends the cursor record (`key`, `value`) to
+    /// the offsets topic, if given and not sent yet, and commits. Everything
+    /// sent since the transaction began becomes visible to `read_committed`
+    /// consumers at once, with the cursor, or none of it does.
+    ///
+    /// A commit that ran out of time ([`PublishError::Timeout`]) keeps the
+    /// transaction: call again. One the broker refused is aborted (the
+    /// producer is kept when the abort succeeds); a fatal error (fencing: a
+    /// newer leader's producer) discards the producer.
+    pub async fn commit(&mut self, cursor: Option<(&str, Vec<u8>)>) -> Result<(), PublishError> {
+        let (Some(live), Some(txn)) = (&self.live, self.txn.as_mut()) else {
+            return Ok(());
+        };
+        if let Some((key, value)) = cursor.filter(|_| !txn.cursor_sent) {
+            let offsets_topic = &self.transactional.as_ref().expect("open txn").offsets_topic;
+            let record = rdkafka::producer::FutureRecord::to(offsets_topic)
+                .key(key)
+                .payload(&value);
+            if let Err((err, _)) = live.producer.send_result(record) {
+                self.discard();
+                return Err(PublishError::Enqueue(err));
+            }
+            txn.cursor_sent = true;
+        }
+        let producer = live.producer.clone();
+        let timeout = self.delivery_timeout;
+        let committed = tokio::task::spawn_blocking(move || producer.commit_transaction(timeout))
+            .await
+            .unwrap_or(Err(KafkaError::Canceled));
+        match committed {
+            Ok(()) => {
+                self.txn = None;
+                self.outstanding = 0;
+                if let Some(live) = &mut self.live {
+                    live.warmed_up = true;
+                }
+                Ok(())
+            }
+            Err(KafkaError::Transaction(err)) if err.is_retriable() => {
+                tracing::debug!(error = %err, "commit not finished in time; it is retried");
+                Err(PublishError::Timeout(timeout))
+            }
+            Err(KafkaError::Transaction(err)) if err.txn_requires_abort() => {
+                self.abort().await;
+                Err(PublishError::Transaction(KafkaError::Transaction(err)))
+            }
+            Err(err) => {
+                self.discard();
+                Err(PublishError::Transaction(err))
+            }
+        }
+    }
+
+    /// Aborts the open transaction: its records are never shown to
+    /// `read_committed` consumers. If the abort fails, the producer is
+    /// discarded (its successor's `init_transactions` aborts it instead).
+    async fn abort(&mut self) {
+        let Some(live) = &self.live else {
+            return;
+        };
+        let producer = live.producer.clone();
+        let timeout = self.warmup_timeout;
+        let aborted = tokio::task::spawn_blocking(move || producer.abort_transaction(timeout))
+            .await
+            .unwrap_or(Err(KafkaError::Canceled));
+        self.txn = None;
+        self.outstanding = 0;
+        if let Err(err) = aborted {
+            tracing::warn!(error = %err, "could not abort the transaction; rebuilding the producer");
+            self.discard();
+        }
     }
 
     /// Adds `name: value` to every record this publisher sends.
@@ -234,8 +427,14 @@ impl Publisher {
     /// been discarded.
     #[tracing::instrument(skip_all, fields(events = events.len()))]
     pub async fn publish(&mut self, events: &[OutboxEvent]) -> Result<Duration, PublishError> {
+        if self.is_transactional() {
+            self.prepare().await?;
+        }
         let mut sent = self.send(events).await?;
-        let result = self.acked(&mut sent).await;
+        let mut result = self.acked(&mut sent).await;
+        if result.is_ok() && self.is_transactional() {
+            result = self.commit(None).await.map(|()| sent.elapsed());
+        }
         if result.is_err() {
             // Its caller resends from its own progress: nothing may be kept.
             self.discard();
@@ -245,9 +444,14 @@ impl Publisher {
 
     /// Enqueues the whole batch and returns without awaiting any ack, so the
     /// caller can send more batches while this one is in flight. The batch's
-    /// deadline starts now. On `Err` the producer has been discarded, and with
-    /// it every batch still in flight: the caller starts again from its
-    /// checkpoint.
+    /// deadline starts now. On [`PublishError::TooLarge`] nothing was enqueued
+    /// and everything is kept; on any other `Err` the producer has been
+    /// discarded, and with it every batch still in flight: the caller starts
+    /// again from its checkpoint.
+    ///
+    /// A record larger than the topic's `max.message.bytes` (before
+    /// compression) is found before anything is enqueued: Kafka would refuse
+    /// it, after later events of its stream in the same window went out.
     ///
     /// A producer that lost its connection while batches are in flight on it
     /// is never replaced under them: a new producer could deliver this batch
@@ -261,21 +465,18 @@ impl Publisher {
         };
         match &result {
             Ok(_) => self.outstanding += 1,
+            Err(err) if err.keeps_window() => {}
             Err(_) => self.discard(),
         }
         result
     }
 
-    /// The first of `events` whose record is larger than the topic accepts
-    /// (`max.message.bytes`, before compression): Kafka would refuse it, and
-    /// refuse it after later events of its stream in the same window went out.
-    pub fn first_oversized(&self, events: &[OutboxEvent]) -> Option<usize> {
-        let limit = self.record_limit?;
-        events.iter().position(|event| {
-            let mut parts = event.record_parts(&self.ce_source);
-            parts.headers.extend(self.extra_headers.iter().cloned());
-            parts.size() > limit
-        })
+    /// Reads the topic's `max.message.bytes` again (an operator may have
+    /// raised it before retrying a parked stream).
+    pub async fn refresh_record_limit(&mut self) {
+        if self.live.is_some() {
+            self.record_limit = self.read_record_limit().await;
+        }
     }
 
     /// The topic's `max.message.bytes`; `None` if it cannot be read (e.g. no
@@ -348,7 +549,9 @@ impl Publisher {
                 if let Some(live) = &mut self.live {
                     live.warmed_up = true;
                 }
-                self.outstanding = self.outstanding.saturating_sub(1);
+                if !std::mem::replace(&mut sent.settled, true) {
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                }
                 Ok(sent.started.elapsed())
             }
             Err(err) => {
@@ -372,7 +575,14 @@ impl Publisher {
     }
 
     async fn try_send(&mut self, events: &[OutboxEvent]) -> Result<Sent, PublishError> {
-        self.ensure_producer().await?;
+        if self.is_transactional() {
+            // Only `prepare` builds a transactional producer (see there).
+            if !self.is_ready() {
+                return Err(PublishError::Fatal);
+            }
+        } else {
+            self.ensure_producer().await?;
+        }
         let live = self.live.as_mut().expect("ensured above");
         // Every batch sent before a new producer's first ack waits behind that
         // first one (connect, producer id), so each gets the warm-up deadline.
@@ -382,12 +592,28 @@ impl Publisher {
             self.warmup_timeout
         };
         let started = Instant::now();
-        // Enqueue the whole batch before awaiting anything: one round trip per
-        // batch (per partition), not per event.
-        let mut deliveries = VecDeque::with_capacity(events.len());
+        let mut records = Vec::with_capacity(events.len());
         for (index, event) in events.iter().enumerate() {
             let mut parts = event.record_parts(&self.ce_source);
             parts.headers.extend(self.extra_headers.iter().cloned());
+            if let Some(limit) = self.record_limit {
+                let size = parts.size();
+                if size > limit {
+                    return Err(PublishError::TooLarge { index, size, limit });
+                }
+            }
+            records.push(parts);
+        }
+        if self.transactional.is_some() && self.txn.is_none() {
+            live.producer
+                .begin_transaction()
+                .map_err(PublishError::Transaction)?;
+            self.txn = Some(OpenTxn { cursor_sent: false });
+        }
+        // Enqueue the whole batch before awaiting anything: one round trip per
+        // batch (per partition), not per event.
+        let mut deliveries = VecDeque::with_capacity(events.len());
+        for (index, parts) in records.iter().enumerate() {
             let delivery = live
                 .producer
                 .send_result(parts.record(&self.topic))
@@ -406,6 +632,7 @@ impl Publisher {
             started,
             deadline: started + timeout,
             stale: live.stale.clone(),
+            settled: false,
         })
     }
 
@@ -446,7 +673,23 @@ impl Publisher {
                 Err(_) => {}
             }
         };
-        match metadata {
+        let ready = match (metadata, &self.transactional) {
+            (Ok(()), Some(_)) => {
+                // Fences every older producer of this transactional id: their
+                // open transactions are aborted, their later sends fail.
+                let (client, timeout) = (producer.clone(), self.warmup_timeout);
+                tokio::task::spawn_blocking(move || client.init_transactions(timeout))
+                    .await
+                    .unwrap_or(Err(KafkaError::Canceled))
+                    .map_err(PublishError::Transaction)
+            }
+            (Ok(()), None) => Ok(()),
+            (Err(source), _) => Err(PublishError::Metadata {
+                topic: self.topic.clone(),
+                source,
+            }),
+        };
+        match ready {
             Ok(()) => {
                 self.record_limit = self.read_record_limit().await;
                 self.live = Some(LiveProducer {
@@ -456,19 +699,19 @@ impl Publisher {
                 });
                 Ok(())
             }
-            Err(source) => {
+            Err(err) => {
                 drop_in_background(producer);
-                Err(PublishError::Metadata {
-                    topic: self.topic.clone(),
-                    source,
-                })
+                Err(err)
             }
         }
     }
 
-    /// Drops the producer: its queued and in-flight messages are purged.
+    /// Drops the producer: its queued and in-flight messages are purged (and
+    /// an open transaction is left to be aborted by the next producer's
+    /// `init_transactions`, or by the broker after its timeout).
     pub fn discard(&mut self) {
         self.outstanding = 0;
+        self.txn = None;
         if let Some(live) = self.live.take() {
             drop_in_background(live.producer);
         }

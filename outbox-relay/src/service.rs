@@ -11,36 +11,45 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::RunArgs;
 use crate::health::{self, Health};
 use crate::metrics::RelayMetrics;
-use crate::publisher::Publisher;
-use crate::relay::Relay;
+use crate::offsets;
+use crate::publisher::{Publisher, Transactional};
+use crate::relay::{Delivery, Relay, RelaySettings};
 use crate::stats;
 use crate::wakeup::Wakeup;
 
 /// Runs the relay until `shutdown` is cancelled. `http` is already bound, so
 /// tests can pass port 0.
 pub async fn run(
-    args: RunArgs,
+    settings: RelaySettings,
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    args.validate()?;
-    anyhow::ensure!(
-        !args.poll_interval.is_zero(),
-        "RELAY_POLL_INTERVAL must be above zero"
-    );
+    settings.validate()?;
     let metrics = Arc::new(RelayMetrics::new());
     // Impossible producer settings end the process here, before any retry.
     let rebuilds = metrics.producer_rebuilds.clone();
-    let publisher = Publisher::new(
-        &args.publish,
-        args.topic.clone(),
-        Box::new(move || {
-            rebuilds.inc();
-        }),
-    )?;
+    let on_build = Box::new(move || {
+        rebuilds.inc();
+    });
+    let publisher = match settings.delivery {
+        Delivery::AtLeastOnce => {
+            Publisher::new(&settings.publish, settings.topic.clone(), on_build)?
+        }
+        Delivery::ExactlyOnce {
+            transaction_timeout,
+        } => Publisher::transactional(
+            &settings.publish,
+            settings.topic.clone(),
+            Transactional {
+                id: offsets::transactional_id(&settings.name),
+                timeout: transaction_timeout,
+                offsets_topic: offsets::topic_for(&settings.topic),
+            },
+            on_build,
+        )?,
+    };
     let health = Health::default();
     let tracker = TaskTracker::new();
     tracker.spawn(health::serve(
@@ -54,12 +63,12 @@ pub async fn run(
     let pool = PgPoolOptions::new()
         .max_connections(3)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy(&args.database_url)
+        .connect_lazy(&settings.database_url)
         .context("invalid DATABASE_URL")?;
     tracker.spawn(stats::sample_until_shutdown(
         pool.clone(),
-        args.relay_name.clone(),
-        args.poll_interval,
+        settings.name.clone(),
+        settings.poll_interval,
         metrics.clone(),
         shutdown.clone(),
     ));
@@ -67,7 +76,7 @@ pub async fn run(
     // LISTEN before the first read, so no notification is missed.
     let wakeup = Arc::new(Notify::new());
     let Some(listener) =
-        Wakeup::register_patiently(&args.database_url, &args.channel, &shutdown).await
+        Wakeup::register_patiently(&settings.database_url, &settings.channel, &shutdown).await
     else {
         tracker.close();
         tracker.wait().await;
@@ -75,7 +84,7 @@ pub async fn run(
     };
     tracker.spawn(listener.run(wakeup.clone(), shutdown.clone()));
 
-    let relay = Relay::new(args, pool.clone(), publisher, metrics, health, wakeup);
+    let relay = Relay::new(settings, pool.clone(), publisher, metrics, health, wakeup);
     relay.run(shutdown.clone()).await;
 
     shutdown.cancel();

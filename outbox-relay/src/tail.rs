@@ -9,15 +9,36 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::TailArgs;
+use crate::kafka::KafkaSettings;
 
-pub async fn run(args: TailArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let group = args
+/// What to read and how to print it, built from the command line in `cli.rs`.
+#[derive(Debug, Clone)]
+pub struct TailSettings {
+    pub kafka: KafkaSettings,
+    pub topic: String,
+    /// Consumer group; a fresh one per run if `None` (reads from the start).
+    pub group: Option<String>,
+    /// Start at the latest offsets instead of the earliest.
+    pub latest: bool,
+    /// Exit after this many records.
+    pub max_records: Option<u64>,
+    /// Exit when no record arrived for this long.
+    pub idle_timeout: Option<Duration>,
+    /// One JSON object per line instead of the readable form.
+    pub json: bool,
+}
+
+pub async fn run(settings: TailSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let group = settings
         .group
         .clone()
         .unwrap_or_else(|| format!("outbox-relay-tail-{}", uuid::Uuid::now_v7()));
-    let offset_reset = if args.latest { "latest" } else { "earliest" };
-    let consumer: StreamConsumer = args
+    let offset_reset = if settings.latest {
+        "latest"
+    } else {
+        "earliest"
+    };
+    let consumer: StreamConsumer = settings
         .kafka
         .client_config(&[
             ("group.id", group.as_str()),
@@ -27,13 +48,13 @@ pub async fn run(args: TailArgs, shutdown: CancellationToken) -> anyhow::Result<
         .create()
         .context("creating the consumer")?;
     consumer
-        .subscribe(&[&args.topic])
-        .with_context(|| format!("subscribing to {}", args.topic))?;
+        .subscribe(&[&settings.topic])
+        .with_context(|| format!("subscribing to {}", settings.topic))?;
 
-    let idle = args.idle_timeout.unwrap_or(Duration::MAX);
+    let idle = settings.idle_timeout.unwrap_or(Duration::MAX);
     let mut printed = 0_u64;
     let stdout = std::io::stdout();
-    while args.max_records.is_none_or(|max| printed < max) {
+    while settings.max_records.is_none_or(|max| printed < max) {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
             received = tokio::time::timeout(idle, consumer.recv()) => match received {
@@ -41,7 +62,7 @@ pub async fn run(args: TailArgs, shutdown: CancellationToken) -> anyhow::Result<
                 Ok(message) => message.context("consuming")?,
             },
         };
-        let line = if args.json {
+        let line = if settings.json {
             as_json(&message)
         } else {
             as_text(&message)

@@ -23,13 +23,33 @@ use sqlx::{ConnectOptions as _, PgConnection};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::RetryDelay;
+use crate::backoff::{Backoff, RetryDelay};
 use crate::checkpoint::Checkpoint;
-use crate::config::ReplayArgs;
 use crate::event::REPLAY_HEADER;
-use crate::publisher::Publisher;
+use crate::publisher::{PublishSettings, Publisher};
 use progress::ReplayState;
 use report::Report;
+use selection::Selection;
+
+/// What to replay and how, built from the command line in `cli.rs`.
+#[derive(Debug, Clone)]
+pub struct ReplaySettings {
+    /// Postgres holding `event_log` and `replay_progress`.
+    pub database_url: String,
+    pub topic: String,
+    pub selection: Selection,
+    /// Count and list what would be sent; send and record nothing.
+    pub dry_run: bool,
+    /// At most this many events per second.
+    pub rate: Option<u32>,
+    /// The replay's row in `replay_progress`; a timestamped one if `None`.
+    pub name: Option<String>,
+    /// Continue `name` after its last acknowledged event.
+    pub resume: bool,
+    pub batch_size: u32,
+    pub publish: PublishSettings,
+    pub backoff: Backoff,
+}
 
 /// `application_name` of a replay's connection, to find it in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "outbox-relay-replay";
@@ -43,20 +63,24 @@ enum Ended {
     Interrupted,
 }
 
-pub async fn run(args: ReplayArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    args.publish.validate()?;
+pub async fn run(settings: ReplaySettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    settings.publish.validate()?;
+    settings.backoff.validate()?;
     // One connection for reads, progress and the lock. Its statements are
     // autocommit and take no txid, so it never holds the horizon back.
-    let options: PgConnectOptions = args.database_url.parse().context("invalid DATABASE_URL")?;
+    let options: PgConnectOptions = settings
+        .database_url
+        .parse()
+        .context("invalid DATABASE_URL")?;
     let mut conn = options
         .application_name(APPLICATION_NAME)
         .connect()
         .await
         .context("connecting to Postgres")?;
-    if args.dry_run {
-        return dry_run(&mut conn, &args).await;
+    if settings.dry_run {
+        return dry_run(&mut conn, &settings).await;
     }
-    let name = args
+    let name = settings
         .name
         .clone()
         .unwrap_or_else(|| format!("replay-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
@@ -64,7 +88,7 @@ pub async fn run(args: ReplayArgs, shutdown: CancellationToken) -> anyhow::Resul
         progress::try_lock(&mut conn, &name).await?,
         "replay `{name}` is running in another process"
     );
-    let mut state = if args.resume {
+    let mut state = if settings.resume {
         let Some(state) = progress::load(&mut conn, &name).await? else {
             anyhow::bail!("there is no replay named `{name}` to resume");
         };
@@ -77,7 +101,7 @@ pub async fn run(args: ReplayArgs, shutdown: CancellationToken) -> anyhow::Resul
         }
         state
     } else {
-        start(&mut conn, &args, name).await?
+        start(&mut conn, &settings, name).await?
     };
     let name = state.name.clone();
     let remaining =
@@ -88,7 +112,7 @@ pub async fn run(args: ReplayArgs, shutdown: CancellationToken) -> anyhow::Resul
         "replay starting; if it is interrupted, continue it with `outbox-relay replay --resume --name {name}`");
 
     let mut report = Report::new(&name, state.selected as u64, before as u64);
-    let ended = publish(&mut conn, &mut state, &args, &mut report, &shutdown).await;
+    let ended = publish(&mut conn, &mut state, &settings, &mut report, &shutdown).await;
     let summary = report.finish();
     let resume = format!("outbox-relay replay --resume --name {name}");
     match ended {
@@ -114,16 +138,16 @@ pub async fn run(args: ReplayArgs, shutdown: CancellationToken) -> anyhow::Resul
 /// Fixes the slice (and its horizon) and records it under `name`.
 async fn start(
     conn: &mut PgConnection,
-    args: &ReplayArgs,
+    settings: &ReplaySettings,
     name: String,
 ) -> anyhow::Result<ReplayState> {
-    let selection = args.selection();
+    let selection = settings.selection.clone();
     selection.validate().map_err(anyhow::Error::msg)?;
     let horizon = selection::horizon(conn).await?;
     let selected = selection::count(conn, horizon, &selection, Checkpoint::default()).await?;
     let state = ReplayState {
         name,
-        topic: args.topic.clone(),
+        topic: settings.topic.clone(),
         selection,
         horizon,
         cursor: Checkpoint::default(),
@@ -149,16 +173,16 @@ async fn start(
 async fn publish(
     conn: &mut PgConnection,
     state: &mut ReplayState,
-    args: &ReplayArgs,
+    settings: &ReplaySettings,
     report: &mut Report,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Ended> {
-    let mut publisher = Publisher::new(&args.publish, state.topic.clone(), Box::new(|| {}))?
+    let mut publisher = Publisher::new(&settings.publish, state.topic.clone(), Box::new(|| {}))?
         .with_header(REPLAY_HEADER, "true");
-    let mut retry = RetryDelay::new(&args.publish);
-    let mut pacer = args.rate.map(Pacer::new);
-    let limit = args.rate.map_or(args.publish.batch_size, |rate| {
-        Pacer::batch_size(rate, args.publish.batch_size)
+    let mut retry = RetryDelay::new(settings.backoff);
+    let mut pacer = settings.rate.map(Pacer::new);
+    let limit = settings.rate.map_or(settings.batch_size, |rate| {
+        Pacer::batch_size(rate, settings.batch_size)
     });
     let ended = loop {
         if shutdown.is_cancelled() {
@@ -244,8 +268,8 @@ impl Pacer {
 }
 
 /// Counts the slice per type and lists its first events; sends and records nothing.
-async fn dry_run(conn: &mut PgConnection, args: &ReplayArgs) -> anyhow::Result<()> {
-    let selection = args.selection();
+async fn dry_run(conn: &mut PgConnection, settings: &ReplaySettings) -> anyhow::Result<()> {
+    let selection = settings.selection.clone();
     selection.validate().map_err(anyhow::Error::msg)?;
     let horizon = selection::horizon(conn).await?;
     let by_type = selection::count_by_type(conn, horizon, &selection).await?;
@@ -263,7 +287,7 @@ async fn dry_run(conn: &mut PgConnection, args: &ReplayArgs) -> anyhow::Result<(
         out,
         "dry run: {total} events would be sent to `{}` with {REPLAY_HEADER}: true \
          (slice: {selection}; transactions below txid {horizon})",
-        args.topic
+        settings.topic
     )?;
     for (event_type, count) in &by_type {
         writeln!(out, "  {event_type}: {count}")?;
@@ -296,51 +320,6 @@ async fn dry_run(conn: &mut PgConnection, args: &ReplayArgs) -> anyhow::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser as _;
-
-    #[test]
-    fn replay_flags_parse_and_resume_excludes_a_new_slice() {
-        let cli = crate::config::Cli::try_parse_from([
-            "outbox-relay",
-            "replay",
-            "--database-url",
-            "postgres://x",
-            "--from",
-            "10",
-            "--to",
-            "2026-11-26T00:00:00Z",
-            "--type",
-            "stream.ended",
-            "--type",
-            "stream.started",
-            "--rate",
-            "50",
-        ])
-        .expect("parses");
-        let crate::config::Command::Replay(args) = cli.command else {
-            panic!("not replay")
-        };
-        assert_eq!(args.from, Some(selection::Bound::Position(10)));
-        assert!(matches!(args.to, Some(selection::Bound::Time(_))));
-        assert_eq!(args.types.len(), 2);
-        assert_eq!(args.rate, Some(50));
-        assert_eq!(args.topic, "nova.stream-events");
-        assert_eq!(args.publish.batch_size, 500);
-        for bad in [
-            &["--resume"][..],
-            &["--resume", "--name", "n", "--from", "1"],
-            &["--dry-run", "--resume", "--name", "n"],
-            &["--rate", "0"],
-            &["--from", "yesterday"],
-        ] {
-            let mut argv = vec!["outbox-relay", "replay", "--database-url", "postgres://x"];
-            argv.extend_from_slice(bad);
-            assert!(
-                crate::config::Cli::try_parse_from(&argv).is_err(),
-                "{bad:?} accepted"
-            );
-        }
-    }
 
     #[test]
     fn throttled_batches_hold_a_tenth_of_a_second() {

@@ -6,6 +6,9 @@
 //! (still running, leader again), and that at most one window was sent
 //! twice (0 measured); it prints its duplicates.
 //!
+//! The same partition-leader kill with `RELAY_DELIVERY=exactly-once` asserts
+//! that a `read_committed` consumer sees no duplicate at all.
+//!
 //! The clusters run one at a time: three JVMs each are enough for 2 cores.
 
 use std::time::Duration;
@@ -36,6 +39,10 @@ struct Drain {
 /// A cluster, a relay draining a backlog into it, and writers that keep
 /// committing (10 streams every 20 ms) until [`Drain::finish`].
 async fn drain_in_progress() -> Drain {
+    drain_in_progress_with(|env| env).await
+}
+
+async fn drain_in_progress_with(relay_env: impl FnOnce(RelayEnv) -> RelayEnv) -> Drain {
     let db = TestDb::new().await;
     let broker = Broker::start_cluster(ClusterOptions {
         nodes: 3,
@@ -45,8 +52,9 @@ async fn drain_in_progress() -> Drain {
     .await;
     bulk_events(&db.pool, BACKLOG_STREAMS).await;
     // Retries come back within 2 s, so a healed cluster is drained at once.
-    let relay =
-        RelayProcess::spawn(&RelayEnv::new(&db.url, &broker).with("RELAY_BACKOFF_MAX", "2s"));
+    let relay = RelayProcess::spawn(&relay_env(
+        RelayEnv::new(&db.url, &broker).with("RELAY_BACKOFF_MAX", "2s"),
+    ));
     let writing = CancellationToken::new();
     let writer = tokio::spawn({
         let (pool, writing) = (db.pool.clone(), writing.clone());
@@ -139,10 +147,8 @@ impl Drain {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partition_leader_sigkilled_mid_drain() {
-    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let mut drain = drain_in_progress().await;
+/// Kills the broker leading partition 0 of the drain's topic.
+async fn kill_partition_leader(drain: &mut Drain) {
     let (bootstrap, topic) = (drain.broker.bootstrap(), drain.broker.topic().to_owned());
     let leader = tokio::task::spawn_blocking(move || partition_leader(&bootstrap, &topic, 0))
         .await
@@ -152,7 +158,30 @@ async fn partition_leader_sigkilled_mid_drain() {
     drain.broker.cluster_mut().node(leader).kill();
     // The other two keep the ISR at its minimum: the drain goes on without it.
     tokio::time::sleep(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_leader_sigkilled_mid_drain() {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let mut drain = drain_in_progress().await;
+    kill_partition_leader(&mut drain).await;
     let _ = drain.finish("partition leader SIGKILLed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_leader_sigkilled_mid_drain_exactly_once() {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let mut drain = drain_in_progress_with(crate::exactly_once::exactly_once).await;
+    kill_partition_leader(&mut drain).await;
+    drain.writing.cancel();
+    (&mut drain.writer).await.expect("writer");
+    crate::exactly_once::assert_exactly_once(
+        &drain.db,
+        &drain.broker,
+        "3 brokers, partition leader SIGKILLed (exactly once)",
+    )
+    .await;
+    assert!(drain.relay.try_exit().is_none(), "the relay gave up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ mod harness;
 mod api_flow;
 mod broker_outage;
 mod cluster;
+mod exactly_once;
 mod failover;
 mod gap_safety;
 mod kafka_security;

@@ -74,10 +74,24 @@ async fn raise_the_limit(broker: &Broker) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_record_parks_its_stream_until_skip_or_retry() {
+    park_then_skip_and_retry(false).await;
+}
+
+/// The same in exactly-once mode, where the record is found before it joins
+/// a transaction: a `read_committed` consumer sees every other event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_record_parks_its_stream_until_skip_or_retry_exactly_once() {
+    park_then_skip_and_retry(true).await;
+}
+
+async fn park_then_skip_and_retry(exactly_once: bool) {
     let db = TestDb::new().await;
     let broker = Broker::shared_with(&[("max.message.bytes", "20000")]).await;
-    let relay =
-        RelayProcess::spawn(&RelayEnv::new(&db.url, &broker).with("RELAY_POLL_INTERVAL", "200ms"));
+    let mut env = RelayEnv::new(&db.url, &broker).with("RELAY_POLL_INTERVAL", "200ms");
+    if exactly_once {
+        env = crate::exactly_once::exactly_once(env);
+    }
+    let relay = RelayProcess::spawn(&env);
     relay
         .wait_for_state("leader", Duration::from_secs(15))
         .await;
@@ -108,7 +122,11 @@ async fn a_refused_record_parks_its_stream_until_skip_or_retry() {
     assert_eq!(others.len(), 1_000);
 
     // Everything else flows; both streams wait, whole.
-    let mut topic = TopicReader::new(&broker);
+    let mut topic = if exactly_once {
+        TopicReader::read_committed(&broker)
+    } else {
+        TopicReader::new(&broker)
+    };
     let records = topic
         .read_until_distinct(1_000, Duration::from_secs(60))
         .await;
@@ -159,6 +177,9 @@ async fn a_refused_record_parks_its_stream_until_skip_or_retry() {
         "skipped v1 never sent, everything else: sent {extra:?}, missing {missing:?}"
     );
     assert_per_stream_order(records);
+    if exactly_once {
+        assert_eq!(records.len(), seen.len(), "duplicates in exactly-once mode");
+    }
     eventually(Duration::from_secs(10), "no parked stream left", || async {
         (relay.metric("outbox_relay_parked_events").await == 0.0).then_some(())
     })

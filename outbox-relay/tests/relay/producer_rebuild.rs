@@ -10,26 +10,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use outbox_relay::config::{KafkaArgs, PublishArgs};
 use outbox_relay::event::OutboxEvent;
-use outbox_relay::publisher::{PublishError, Publisher};
+use outbox_relay::kafka::KafkaSettings;
+use outbox_relay::publisher::{PublishError, PublishSettings, Publisher};
 use uuid::Uuid;
 
 use crate::harness::consumer::TopicReader;
 use crate::harness::{assert_per_stream_order, Broker};
 
-fn publish_args(broker: &Broker) -> PublishArgs {
-    PublishArgs {
-        batch_size: 500,
+fn publish_settings(broker: &Broker) -> PublishSettings {
+    PublishSettings {
+        kafka: KafkaSettings::new(broker.bootstrap()),
         delivery_timeout: Duration::from_secs(5),
         warmup_timeout: Duration::from_secs(10),
-        backoff_min: Duration::from_millis(100),
-        backoff_max: Duration::from_secs(1),
         ce_source: "/test".to_owned(),
-        kafka: KafkaArgs {
-            brokers: broker.bootstrap(),
-            kafka_config: Vec::new(),
-        },
     }
 }
 
@@ -38,7 +32,7 @@ fn counted_publisher(broker: &Broker) -> (Publisher, Arc<AtomicUsize>) {
     let builds = Arc::new(AtomicUsize::new(0));
     let counter = builds.clone();
     let publisher = Publisher::new(
-        &publish_args(broker),
+        &publish_settings(broker),
         broker.topic().to_owned(),
         Box::new(move || {
             counter.fetch_add(1, Ordering::Relaxed);

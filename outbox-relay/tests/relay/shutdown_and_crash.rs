@@ -11,17 +11,6 @@ use crate::harness::writes::bulk_events;
 use crate::harness::{assert_per_stream_order, consumer::TopicReader};
 use crate::harness::{eventually, Broker, RelayProcess, TestDb};
 
-/// Events at or below the stored checkpoint, in the relay's order.
-async fn events_covered_by_checkpoint(db: &TestDb) -> i64 {
-    sqlx::query_scalar(
-        "select count(*) from event_log e, relay_checkpoints c
-         where c.relay_name = 'default' and (e.txid, e.position) <= (c.txid, c.position)",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_drain_flushes_the_batch_and_checkpoints_it() {
     let db = TestDb::new().await;
@@ -48,7 +37,7 @@ async fn sigterm_mid_drain_flushes_the_batch_and_checkpoints_it() {
         published > 0 && published < 10_000,
         "SIGTERM was not mid-drain: {published}"
     );
-    assert_eq!(events_covered_by_checkpoint(&db).await, published);
+    assert_eq!(db.covered_by_checkpoint().await, published);
 
     // A restart publishes the rest and nothing twice.
     let _relay = RelayProcess::spawn(&env);
@@ -83,14 +72,14 @@ async fn repeated_sigkill_while_draining_loses_nothing() {
         // checkpoint is written once per window of settled batches, so a kill
         // right after the first ack could find it unmoved.
         eventually(Duration::from_secs(20), "relay draining", || async {
-            (events_covered_by_checkpoint(&db).await > covered_before).then_some(())
+            (db.covered_by_checkpoint().await > covered_before).then_some(())
         })
         .await;
         let millis = rand::rng().random_range(0..50);
         tokio::time::sleep(Duration::from_millis(millis)).await;
         relay.sigkill();
         kills += 1;
-        let covered = events_covered_by_checkpoint(&db).await;
+        let covered = db.covered_by_checkpoint().await;
         let written = kills as i64 * 5_000;
         assert!(
             covered > covered_before && covered < written,

@@ -52,10 +52,27 @@ impl TopicReader {
     }
 
     pub fn for_topic(brokers: &str, topic: &str) -> Self {
+        Self::isolated(brokers, topic, "read_uncommitted")
+    }
+
+    /// Reads the test's topic as an exactly-once consumer does: only records
+    /// of committed transactions.
+    pub fn read_committed(broker: &Broker) -> Self {
+        Self::isolated(&broker.bootstrap(), broker.topic(), "read_committed")
+    }
+
+    /// Reads the test's topic with `isolation.level=read_uncommitted`: records
+    /// of aborted transactions too (librdkafka's default is read_committed).
+    pub fn read_uncommitted(broker: &Broker) -> Self {
+        Self::isolated(&broker.bootstrap(), broker.topic(), "read_uncommitted")
+    }
+
+    fn isolated(brokers: &str, topic: &str, isolation: &str) -> Self {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", format!("test-{}", uuid::Uuid::now_v7()))
             .set("enable.auto.commit", "false")
+            .set("isolation.level", isolation)
             .create()
             .expect("consumer");
         let mut assignment = TopicPartitionList::new();

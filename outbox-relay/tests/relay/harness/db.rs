@@ -54,6 +54,17 @@ impl TestDb {
 
     /// Open sessions on this database with this `application_name` (the
     /// relay's leader lock, its listener, a replay).
+    /// Events at or below relay `default`'s stored checkpoint.
+    pub async fn covered_by_checkpoint(&self) -> i64 {
+        sqlx::query_scalar(
+            "select count(*) from event_log e, relay_checkpoints c
+             where c.relay_name = 'default' and (e.txid, e.position) <= (c.txid, c.position)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .expect("events covered by the checkpoint")
+    }
+
     pub async fn sessions(&self, application_name: &str) -> i64 {
         sqlx::query_scalar(
             "select count(*) from pg_stat_activity

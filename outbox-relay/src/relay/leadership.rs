@@ -1,0 +1,642 @@
+//! One leadership, from taking the lock to losing it or shutdown. It owns the
+//! lock connection, the checkpoints, the window of batches in flight and the
+//! reader, and moves them one [`Leadership::step`] at a time along the data
+//! path: cursor → batch → producer → checkpoint.
+//!
+//! Batches are read after the checkpoint and produced whole, up to
+//! `RELAY_MAX_IN_FLIGHT_BATCHES` awaiting acks ([`InFlight`]); the next is read
+//! while older ones settle. The checkpoint moves, in order, only past batches
+//! whose every event is acknowledged. A failure is retried from the checkpoint
+//! after an exponential, jittered backoff, forever.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::RetryDelay;
+use crate::checkpoint::{self, Checkpoint, StoredCheckpoint};
+use crate::event::OutboxEvent;
+use crate::health::RelayState;
+use crate::leader::{self, LeaderLock};
+use crate::offsets::{self, Cursor};
+use crate::publisher::{PublishError, Publisher, Sent};
+use crate::reader::Reader;
+use crate::restore;
+
+use super::checkpoints::Checkpoints;
+use super::in_flight::InFlight;
+use super::{Relay, RelayError};
+
+/// How soon to read again while committed events wait behind the horizon.
+const HELD_BACK_RECHECK: Duration = Duration::from_millis(20);
+
+/// Whether to take another step.
+pub enum Step {
+    Continue,
+    /// Shut down: the window was finished and checkpointed.
+    Stopped,
+}
+
+/// A publish attempt that failed, and the batch whose send failed (to name a
+/// refused event).
+struct Failed {
+    error: PublishError,
+    unsent: Option<Vec<OutboxEvent>>,
+}
+
+type Attempt = Result<(), Failed>;
+
+/// How a wait between reads ended.
+enum Waited {
+    Ready,
+    Shutdown,
+}
+
+pub struct Leadership<'r> {
+    pub(super) relay: &'r mut Relay,
+    pub(super) lock: LeaderLock,
+    pub(super) checkpoints: Checkpoints,
+    /// The cluster's system identifier, recorded with every checkpoint.
+    system_identifier: i64,
+    window: InFlight,
+    reader: Reader,
+    retry: RetryDelay,
+    /// Until the first batch of this leadership is acknowledged (logged once).
+    first_batch: bool,
+    /// After a missed deadline: the window is settled before more is sent.
+    recovering: bool,
+    /// After Kafka refused a record of a window: up to this point, publish one
+    /// event at a time, so the refusal names the event and not its neighbours
+    /// in the same produce request.
+    isolate_through: Option<Checkpoint>,
+    /// When the stored checkpoint was last read (an operator may reset it).
+    last_check: Instant,
+    /// Exactly-once: the last cursor committed in Kafka, as far as known.
+    committed: Option<Cursor>,
+}
+
+impl<'r> Leadership<'r> {
+    /// Loads the checkpoint and checks it against the cluster; while the
+    /// cluster looks restored, holds the lock and publishes nothing. `None` on
+    /// shutdown meanwhile.
+    pub async fn begin(
+        relay: &'r mut Relay,
+        mut lock: LeaderLock,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Self>, RelayError> {
+        let Some((stored, system_identifier)) =
+            verified_checkpoint(relay, &mut lock, shutdown).await?
+        else {
+            return Ok(None);
+        };
+        let settings = &relay.settings;
+        Ok(Some(Self {
+            checkpoints: Checkpoints::new(stored),
+            system_identifier,
+            window: InFlight::new(settings.max_in_flight_batches as usize),
+            reader: Reader::new(relay.pool.clone(), &settings.name, settings.batch_size),
+            retry: RetryDelay::new(settings.backoff),
+            first_batch: true,
+            recovering: false,
+            isolate_through: None,
+            last_check: Instant::now(),
+            committed: None,
+            lock,
+            relay,
+        }))
+    }
+
+    /// One step: settle the oldest batch, or read and send the next, or wait
+    /// for more; on a failure, back off.
+    pub async fn step(&mut self, shutdown: &CancellationToken) -> Result<Step, RelayError> {
+        if shutdown.is_cancelled() {
+            self.finish_window().await?;
+            return Ok(Step::Stopped);
+        }
+        let check_due = self.last_check.elapsed() >= self.relay.settings.poll_interval;
+        if check_due && self.window.is_empty() {
+            return self.periodic_check(shutdown).await;
+        }
+        if self.exactly_once() && self.window.is_empty() && !self.relay.publisher.is_ready() {
+            if let Err(error) = self.prepare_transactions().await? {
+                let failed = Failed {
+                    error,
+                    unsent: None,
+                };
+                return self.after_failure(failed, shutdown).await;
+            }
+        }
+        let isolating = self.isolating();
+        // Settle the oldest batch before sending more when the window is
+        // full; when the producer lost its connection (every batch on it will
+        // fail); and before the periodic check, so that the stored checkpoint
+        // is then exactly what this relay wrote and a reset is not mistaken
+        // for it.
+        let settle_first = check_due
+            || self.window.is_full()
+            || (!self.window.is_empty()
+                && (self.recovering || isolating || self.relay.publisher.is_stale()));
+        let attempt = if settle_first {
+            self.settle().await?
+        } else {
+            match self.next_batch(isolating).await? {
+                Some(batch) => self.send(batch).await?,
+                // Caught up: nothing more to read until older batches settle.
+                None if !self.window.is_empty() => self.settle().await?,
+                None => return self.idle(shutdown).await,
+            }
+        };
+        match attempt {
+            Ok(()) => {
+                self.recovering = false;
+                Ok(Step::Continue)
+            }
+            Err(failed) => self.after_failure(failed, shutdown).await,
+        }
+    }
+
+    /// The stored checkpoint may have been reset by an operator, and parked
+    /// streams marked: looked at with an empty window (so nothing is pending).
+    async fn periodic_check(&mut self, shutdown: &CancellationToken) -> Result<Step, RelayError> {
+        let Some((stored, system_identifier)) =
+            verified_checkpoint(self.relay, &mut self.lock, shutdown).await?
+        else {
+            return Ok(Step::Stopped);
+        };
+        self.system_identifier = system_identifier;
+        if self.exactly_once() {
+            self.follow_kafka(self.committed, stored).await?;
+        } else {
+            self.checkpoints = Checkpoints::new(stored);
+        }
+        self.redrive_parked().await?;
+        self.last_check = Instant::now();
+        Ok(Step::Continue)
+    }
+
+    fn isolating(&mut self) -> bool {
+        let acked = self.checkpoints.acked();
+        let isolating = self
+            .isolate_through
+            .is_some_and(|end| self.window.read_ahead(acked) < end);
+        if !isolating {
+            self.isolate_through = None;
+        }
+        isolating
+    }
+
+    /// The next batch after the window (or the checkpoint); `None` when
+    /// caught up. One event at a time while isolating a refused record.
+    async fn next_batch(
+        &mut self,
+        isolating: bool,
+    ) -> Result<Option<Vec<OutboxEvent>>, RelayError> {
+        let after = self.window.read_ahead(self.checkpoints.acked());
+        let mut batch = self.reader.next(after).await.map_err(RelayError::Read)?;
+        if isolating && batch.len() > 1 {
+            batch.truncate(1);
+            self.reader.forget();
+        }
+        Ok((!batch.is_empty()).then_some(batch))
+    }
+
+    /// Enqueues `batch` (its acks are awaited once it is the oldest). A record
+    /// the topic would refuse for its size parks its stream before anything is
+    /// sent, with the stream's later events in the batch; the rest goes.
+    async fn send(&mut self, mut batch: Vec<OutboxEvent>) -> Result<Attempt, RelayError> {
+        while !batch.is_empty() {
+            // Never a batch from a relay that may have lost the lead: its
+            // lease or session is checked first (docs/relay.md).
+            self.lock.ensure_leading().await?;
+            match self.relay.publisher.send(&batch).await {
+                Ok(sent) => {
+                    self.window.push(batch, sent);
+                    break;
+                }
+                Err(PublishError::TooLarge { index, size, limit }) => {
+                    let refused = batch[index].clone();
+                    let error = format!(
+                        "{size} bytes, larger than the topic's max.message.bytes ({limit})"
+                    );
+                    self.park(&refused, &error).await?;
+                    let at = refused.checkpoint();
+                    batch.retain(|e| e.aggregate_id != refused.aggregate_id || e.checkpoint() < at);
+                    // The read-ahead was past the parked events.
+                    self.reader.forget();
+                }
+                Err(error) => {
+                    return Ok(Err(Failed {
+                        error,
+                        unsent: Some(batch),
+                    }))
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn exactly_once(&self) -> bool {
+        self.relay.publisher.is_transactional()
+    }
+
+    /// Settles what is in flight: the oldest batch (at least once), or the
+    /// whole window in one transaction (exactly once).
+    async fn settle(&mut self) -> Result<Attempt, RelayError> {
+        if self.exactly_once() {
+            self.commit_window().await
+        } else {
+            self.settle_oldest().await
+        }
+    }
+
+    /// Exactly once, with an empty window and no healthy producer: builds one
+    /// (its `init_transactions` fences every older producer of this relay and
+    /// aborts their open transactions), then reads the cursor committed in
+    /// Kafka and resumes from it. The cursor is read again after every new
+    /// producer: until its fencing, another producer could have committed.
+    async fn prepare_transactions(&mut self) -> Result<Result<(), PublishError>, RelayError> {
+        // Fencing is for leaders only (docs/relay.md).
+        self.lock.ensure_leading().await?;
+        if let Err(error) = self.relay.publisher.prepare().await {
+            return Ok(Err(error));
+        }
+        let settings = &self.relay.settings;
+        let kafka = settings.publish.kafka.clone();
+        let topic = offsets::topic_for(&settings.topic);
+        let name = settings.name.clone();
+        let timeout = settings.publish.warmup_timeout;
+        let read = async {
+            offsets::ensure_topic(&kafka, &topic, timeout).await?;
+            tokio::task::spawn_blocking(move || {
+                offsets::last_committed(&kafka, &topic, &name, timeout)
+            })
+            .await
+            .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
+        };
+        let kafka_cursor = match read.await {
+            Ok(cursor) => cursor,
+            Err(err) => {
+                // Without the cursor nothing may be sent on this producer.
+                self.relay.publisher.discard();
+                return Ok(Err(PublishError::Cursor(err)));
+            }
+        };
+        let name = &self.relay.settings.name;
+        let stored = leader::within(
+            self.lock.deadline(),
+            checkpoint::load(self.lock.conn(), name),
+        )
+        .await?;
+        self.follow_kafka(kafka_cursor, stored).await?;
+        Ok(Ok(()))
+    }
+
+    /// Exactly once: resumes from where Kafka's cursor and the Postgres
+    /// checkpoint say ([`offsets::resume_point`]), and brings Postgres up to it.
+    async fn follow_kafka(
+        &mut self,
+        kafka: Option<Cursor>,
+        stored: Option<StoredCheckpoint>,
+    ) -> Result<(), RelayError> {
+        let resume = offsets::resume_point(kafka, stored, self.system_identifier);
+        let postgres_at = stored.map(|s| s.checkpoint).unwrap_or_default();
+        if kafka.is_some_and(|cursor| cursor.checkpoint() != resume) || resume != postgres_at {
+            tracing::info!(kafka = ?kafka, postgres = %postgres_at, %resume,
+                "Kafka's cursor and the Postgres checkpoint differ; resuming from the later one                  (docs/relay.md, exactly once)");
+        }
+        self.checkpoints = Checkpoints::new(stored);
+        if resume != postgres_at {
+            let new = StoredCheckpoint {
+                checkpoint: resume,
+                system_identifier: Some(self.system_identifier),
+            };
+            self.checkpoints.record(new, true, 1);
+            self.checkpoints
+                .flush(&mut self.lock, &self.relay.settings.name)
+                .await?;
+        }
+        self.committed = Some(Cursor::new(resume, self.system_identifier));
+        self.window.clear();
+        self.reader.forget();
+        Ok(())
+    }
+
+    /// Exactly once: awaits the acks of every batch in the window, then
+    /// commits them in one transaction with the cursor at the window's end,
+    /// and has the Postgres checkpoint follow. Nothing is popped before the
+    /// commit: until then, a failure re-reads the window from the cursor.
+    async fn commit_window(&mut self) -> Result<Attempt, RelayError> {
+        if self.window.is_empty() {
+            return Ok(Ok(()));
+        }
+        for sent in self.window.sent_mut() {
+            let acked = acked_while_leading(&mut self.lock, &mut self.relay.publisher, sent);
+            if let Err(error) = acked.await? {
+                return Ok(Err(Failed {
+                    error,
+                    unsent: None,
+                }));
+            }
+        }
+        let end = self.window.read_ahead(self.checkpoints.acked());
+        let cursor = Cursor::new(end, self.system_identifier);
+        let name = self.relay.settings.name.clone();
+        // Not raced with the lock: a fenced (replaced) producer cannot commit.
+        if let Err(error) = self
+            .relay
+            .publisher
+            .commit(Some((&name, cursor.to_json())))
+            .await
+        {
+            return Ok(Err(Failed {
+                error,
+                unsent: None,
+            }));
+        }
+        self.committed = Some(cursor);
+        while let Some(batch) = self.window.pop_oldest() {
+            self.relay
+                .record_success(&batch.events, batch.sent.elapsed());
+        }
+        let new = StoredCheckpoint {
+            checkpoint: end,
+            system_identifier: Some(self.system_identifier),
+        };
+        self.checkpoints.record(new, true, 1);
+        self.checkpoints.flush(&mut self.lock, &name).await?;
+        if std::mem::take(&mut self.first_batch) {
+            tracing::info!(checkpoint = %end, "first transaction committed");
+        }
+        if self.retry.succeeded() {
+            tracing::info!(checkpoint = %end, "publishing again after retries");
+        }
+        self.relay.health.set(RelayState::Leader);
+        Ok(Ok(()))
+    }
+
+    /// Awaits the acks of the oldest batch in flight and, once all arrived,
+    /// advances the checkpoint to its end. Raced with the lock (without it,
+    /// stop publishing at once), not with shutdown.
+    async fn settle_oldest(&mut self) -> Result<Attempt, RelayError> {
+        let Some(oldest) = self.window.oldest_mut() else {
+            return Ok(Ok(()));
+        };
+        let acked =
+            acked_while_leading(&mut self.lock, &mut self.relay.publisher, &mut oldest.sent);
+        let latency = match acked.await? {
+            Ok(latency) => latency,
+            Err(error) => {
+                return Ok(Err(Failed {
+                    error,
+                    unsent: None,
+                }))
+            }
+        };
+        let batch = self.window.pop_oldest().expect("settled just above");
+        let new = StoredCheckpoint {
+            checkpoint: batch.end(),
+            system_identifier: Some(self.system_identifier),
+        };
+        let every = self.relay.settings.max_in_flight_batches;
+        if self.checkpoints.record(new, self.window.is_empty(), every) {
+            self.checkpoints
+                .flush(&mut self.lock, &self.relay.settings.name)
+                .await?;
+        }
+        self.relay.record_success(&batch.events, latency);
+        if std::mem::take(&mut self.first_batch) {
+            tracing::info!(
+                events = batch.events.len(),
+                ?latency,
+                "first batch acknowledged"
+            );
+        }
+        if self.retry.succeeded() {
+            tracing::info!(checkpoint = %new.checkpoint, "publishing again after retries");
+        }
+        self.relay.health.set(RelayState::Leader);
+        Ok(Ok(()))
+    }
+
+    /// Caught up with nothing in flight: wait for a wake-up or the poll (much
+    /// sooner while committed events wait behind the horizon).
+    async fn idle(&mut self, shutdown: &CancellationToken) -> Result<Step, RelayError> {
+        let after = self.window.read_ahead(self.checkpoints.acked());
+        let held_back = self
+            .reader
+            .any_held_back(after)
+            .await
+            .map_err(RelayError::Read)?;
+        let poll = self.relay.settings.poll_interval;
+        let timeout = if held_back {
+            HELD_BACK_RECHECK.min(poll)
+        } else {
+            poll
+        };
+        Ok(match self.wait(timeout, true, shutdown).await? {
+            Waited::Ready => Step::Continue,
+            Waited::Shutdown => Step::Stopped,
+        })
+    }
+
+    async fn after_failure(
+        &mut self,
+        failed: Failed,
+        shutdown: &CancellationToken,
+    ) -> Result<Step, RelayError> {
+        let name = self.relay.settings.name.clone();
+        let Failed { error, unsent } = failed;
+        if let PublishError::Rejected { index, source } = error {
+            // The producer is gone with everything in flight. Kafka refused a
+            // record: find which (one event at a time) and park its stream;
+            // the rest of the log goes on.
+            let events = unsent
+                .as_deref()
+                .or_else(|| self.window.oldest().map(|b| b.events.as_slice()));
+            let refused = events.and_then(|events| events.get(index)).cloned();
+            let alone = events.is_some_and(|events| events.len() == 1);
+            let through = unsent
+                .as_ref()
+                .and_then(|b| b.last())
+                .map(OutboxEvent::checkpoint)
+                .unwrap_or_default()
+                .max(self.window.read_ahead(self.checkpoints.acked()));
+            let isolating = self.isolate_through.is_some();
+            self.window.clear();
+            self.reader.forget();
+            self.recovering = false;
+            self.checkpoints.flush(&mut self.lock, &name).await?;
+            match refused {
+                Some(event) if isolating || alone => {
+                    self.park(&event, &source.to_string()).await?;
+                }
+                _ => {
+                    tracing::warn!(error = %source, %through,
+                        "Kafka refused a record; publishing one event at a time to find it");
+                    self.isolate_through = Some(through);
+                }
+            }
+            return Ok(Step::Continue);
+        }
+        // A missed deadline keeps the producer and the window: librdkafka is
+        // still retrying them, each record once. Anything else discarded the
+        // producer (everything in flight purged): read again from the
+        // checkpoint.
+        self.recovering = error.keeps_window();
+        if !self.recovering {
+            self.window.clear();
+            self.reader.forget();
+        }
+        self.checkpoints.flush(&mut self.lock, &name).await?;
+        let delay = self.retry.after_failure();
+        let metrics = &self.relay.metrics;
+        metrics.retries.inc();
+        metrics.backoff_seconds.set(delay.as_secs_f64());
+        self.relay.health.set(RelayState::BackingOff);
+        let from = self.checkpoints.acked();
+        if self.recovering {
+            tracing::warn!(%error, retry_in = ?delay, %from,
+                "batch not acknowledged in time; waiting again for librdkafka's retries");
+        } else {
+            tracing::warn!(%error, retry_in = ?delay, %from,
+                "batch not acknowledged; retrying from the checkpoint");
+        }
+        if let Waited::Shutdown = self.wait(delay, false, shutdown).await? {
+            return Ok(Step::Stopped);
+        }
+        for sent in self.window.sent_mut() {
+            self.relay.publisher.wait_again(sent);
+        }
+        Ok(Step::Continue)
+    }
+
+    /// Shutdown: batches in flight are finished and checkpointed, each bounded
+    /// by its deadline; a failure ends it (the rest is re-read on restart).
+    async fn finish_window(&mut self) -> Result<(), RelayError> {
+        while !self.window.is_empty() {
+            if let Err(failed) = self.settle().await? {
+                tracing::warn!(error = %failed.error, "batch in flight at shutdown not acknowledged");
+                break;
+            }
+        }
+        self.checkpoints
+            .flush(&mut self.lock, &self.relay.settings.name)
+            .await
+    }
+
+    /// Sleeps up to `timeout` (or until notified, if `wake_on_notify`),
+    /// watching the lock connection and the shutdown signal.
+    async fn wait(
+        &mut self,
+        timeout: Duration,
+        wake_on_notify: bool,
+        shutdown: &CancellationToken,
+    ) -> Result<Waited, RelayError> {
+        wait(
+            self.relay,
+            &mut self.lock,
+            timeout,
+            wake_on_notify,
+            shutdown,
+        )
+        .await
+    }
+}
+
+/// Awaits `sent`'s acks, raced with the lock. Leadership first: a relay
+/// resumed after a freeze finds its lease expired before it looks at acks,
+/// and settles nothing more; its producer is discarded at once.
+async fn acked_while_leading(
+    lock: &mut LeaderLock,
+    publisher: &mut Publisher,
+    sent: &mut Sent,
+) -> Result<Result<Duration, PublishError>, RelayError> {
+    tokio::select! {
+        biased;
+        err = lock.lost() => {
+            publisher.discard();
+            Err(RelayError::Lock(err))
+        }
+        outcome = publisher.acked(sent) => Ok(outcome),
+    }
+}
+
+/// The stored checkpoint and the cluster's system identifier, once the
+/// restore check passes. While it fails, holds the lock and publishes nothing,
+/// re-checking every poll interval (so a `reset-checkpoint` is picked up).
+/// `None` on shutdown.
+async fn verified_checkpoint(
+    relay: &Relay,
+    lock: &mut LeaderLock,
+    shutdown: &CancellationToken,
+) -> Result<Option<(Option<StoredCheckpoint>, i64)>, RelayError> {
+    let name = &relay.settings.name;
+    let mut refusing = false;
+    loop {
+        let stored = leader::within(lock.deadline(), checkpoint::load(lock.conn(), name)).await?;
+        let state = leader::within(lock.deadline(), restore::cluster_state(lock.conn())).await?;
+        match restore::check(&state, stored.as_ref()) {
+            Ok(()) => {
+                if refusing {
+                    tracing::info!("restore check passes again; resuming");
+                    relay.metrics.restore_detected.set(0);
+                    relay.health.set(RelayState::Leader);
+                }
+                return Ok(Some((stored, state.system_identifier)));
+            }
+            Err(detected) => {
+                if !refusing {
+                    tracing::error!(relay = %name, "{}", detected.explain(name));
+                    refusing = true;
+                }
+                relay.metrics.restore_detected.set(1);
+                relay.health.set(RelayState::Refusing);
+                let poll = relay.settings.poll_interval;
+                if let Waited::Shutdown = wait(relay, lock, poll, false, shutdown).await? {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+async fn wait(
+    relay: &Relay,
+    lock: &mut LeaderLock,
+    timeout: Duration,
+    wake_on_notify: bool,
+    shutdown: &CancellationToken,
+) -> Result<Waited, RelayError> {
+    let notified = async {
+        if wake_on_notify {
+            relay.wakeup.notified().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => Ok(Waited::Shutdown),
+        err = lock.lost() => Err(RelayError::Lock(err)),
+        () = notified => Ok(Waited::Ready),
+        () = tokio::time::sleep(timeout) => Ok(Waited::Ready),
+    }
+}
+
+impl Relay {
+    pub(super) fn record_success(&self, batch: &[OutboxEvent], latency: Duration) {
+        let now = Utc::now();
+        self.metrics.events_published.inc_by(batch.len() as u64);
+        self.metrics.batches.inc();
+        self.metrics.backoff_seconds.set(0.0);
+        self.metrics.produce_latency.observe(latency.as_secs_f64());
+        for event in batch {
+            let age = (now - event.occurred_at)
+                .num_microseconds()
+                .unwrap_or(0)
+                .max(0);
+            self.metrics.commit_to_ack.observe(age as f64 / 1e6);
+        }
+    }
+}
