@@ -27,6 +27,10 @@ pub struct RelayMetrics {
     pub leader: Gauge,
     pub restore_detected: Gauge,
     pub parked_events: Gauge,
+    /// Exactly-once mode: Kafka transactions committed, and abandoned (aborted
+    /// or left to the next producer's fencing) with the window they carried.
+    pub transactions_committed: Counter,
+    pub transactions_abandoned: Counter,
 }
 
 impl Default for RelayMetrics {
@@ -54,6 +58,8 @@ impl RelayMetrics {
             leader: Gauge::default(),
             restore_detected: Gauge::default(),
             parked_events: Gauge::default(),
+            transactions_committed: Counter::default(),
+            transactions_abandoned: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -126,6 +132,16 @@ impl RelayMetrics {
             "restore_detected",
             "1 while the relay refuses to publish because the cluster looks restored",
             m.restore_detected.clone(),
+        );
+        r.register(
+            "transactions_committed",
+            "Exactly-once mode: Kafka transactions committed, each a window of batches and the cursor",
+            m.transactions_committed.clone(),
+        );
+        r.register(
+            "transactions_abandoned",
+            "Exactly-once mode: transactions given up with their window (read_uncommitted consumers see their records)",
+            m.transactions_abandoned.clone(),
         );
         Self { registry, ..m }
     }

@@ -355,6 +355,7 @@ impl<'r> Leadership<'r> {
             }));
         }
         self.committed = Some(cursor);
+        self.relay.metrics.transactions_committed.inc();
         while let Some(batch) = self.window.pop_oldest() {
             self.relay
                 .record_success(&batch.events, batch.sent.elapsed());
@@ -463,8 +464,7 @@ impl<'r> Leadership<'r> {
                 .unwrap_or_default()
                 .max(self.window.read_ahead(self.checkpoints.acked()));
             let isolating = self.isolate_through.is_some();
-            self.window.clear();
-            self.reader.forget();
+            self.drop_window(unsent.is_some());
             self.recovering = false;
             self.checkpoints.flush(&mut self.lock, &name).await?;
             match refused {
@@ -485,8 +485,7 @@ impl<'r> Leadership<'r> {
         // checkpoint.
         self.recovering = error.keeps_window();
         if !self.recovering {
-            self.window.clear();
-            self.reader.forget();
+            self.drop_window(unsent.is_some());
         }
         self.checkpoints.flush(&mut self.lock, &name).await?;
         let delay = self.retry.after_failure();
@@ -509,6 +508,16 @@ impl<'r> Leadership<'r> {
             self.relay.publisher.wait_again(sent);
         }
         Ok(Step::Continue)
+    }
+
+    /// Forgets the window after a failure that discarded the producer (and,
+    /// exactly once, its transaction): it is read again from the checkpoint.
+    fn drop_window(&mut self, with_unsent: bool) {
+        if self.exactly_once() && (with_unsent || !self.window.is_empty()) {
+            self.relay.metrics.transactions_abandoned.inc();
+        }
+        self.window.clear();
+        self.reader.forget();
     }
 
     /// Shutdown: batches in flight are finished and checkpointed, each bounded
