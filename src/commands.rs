@@ -2,7 +2,8 @@
 //! event row (and the idempotency record, when a key is given), or nothing.
 //!
 //! Write order inside each transaction is fixed by [`StreamRepo`]: the stream
-//! row first, then the idempotency record, then the event.
+//! row first, then the idempotency record, then the event. After the commit,
+//! and only then, listeners are woken ([`CommitWakeup::committed`]).
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::Value;
@@ -14,6 +15,7 @@ use crate::domain::{
     ThumbnailUrl,
 };
 use crate::store::{self, streams::ONE_LIVE_PER_CREATOR, EventLog, IdempotencyStore, StreamRepo};
+use crate::wakeup::CommitWakeup;
 
 /// Why a command did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,7 @@ fn now() -> DateTime<Utc> {
 #[tracing::instrument(skip_all, fields(creator_id = %cmd.creator_id))]
 pub async fn start_stream(
     pool: &PgPool,
+    wakeup: &CommitWakeup,
     cmd: StartStream,
     idempotency: Option<IdempotencyKey>,
     headers: EventHeaders,
@@ -108,6 +111,7 @@ pub async fn start_stream(
     };
     finish(
         pool,
+        wakeup,
         tx,
         stream,
         StreamEventType::Started,
@@ -121,6 +125,7 @@ pub async fn start_stream(
 #[tracing::instrument(skip_all, fields(%stream_id, %user_id))]
 pub async fn end_stream(
     pool: &PgPool,
+    wakeup: &CommitWakeup,
     stream_id: Uuid,
     user_id: Uuid,
     idempotency: Option<IdempotencyKey>,
@@ -138,6 +143,7 @@ pub async fn end_stream(
             let stream = StreamRepo::mark_ended(&mut tx, stream_id, now()).await?;
             return finish(
                 pool,
+                wakeup,
                 tx,
                 stream,
                 StreamEventType::Ended,
@@ -152,9 +158,16 @@ pub async fn end_stream(
     replay_or(pool, idempotency.as_ref(), failure).await
 }
 
-/// The shared tail of every command: idempotency record, then the event, then commit.
+/// The shared tail of every command: idempotency record, then the event, then
+/// commit, then the wake-up (after the commit, so the transaction never waits
+/// for Postgres's notify lock; see [`crate::wakeup`]).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the command's parts, each used once"
+)]
 async fn finish(
     pool: &PgPool,
+    wakeup: &CommitWakeup,
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
     stream: LiveStream,
     event_type: StreamEventType,
@@ -184,6 +197,7 @@ async fn finish(
     let event = StreamEvent::new(event_type, &stream, headers);
     EventLog::append(&mut tx, &event).await?;
     tx.commit().await?;
+    wakeup.committed();
     tracing::info!(stream_id = %stream.id, event_type = event_type.as_str(), "command committed");
     Ok(Outcome::Done(stream))
 }

@@ -14,6 +14,8 @@
 //! - [`commands`]: start/end a stream, atomically, with idempotency keys.
 //! - [`queries`]: reads, with lookups batched (never one query per row).
 //! - [`presence`]: viewer heartbeats and counts in Redis.
+//! - [`wakeup`]: after a command commits, one coalesced NOTIFY (at most one
+//!   per millisecond per process) for the relay and the long-polls.
 //! - [`notifier`]: LISTEN for committed events, to wake long-polling readers.
 //! - [`projection`]: rebuild `live_streams` from the event log and diff it.
 //! - [`auth`]: HS256 bearer tokens.
@@ -32,3 +34,4 @@ pub mod queries;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod wakeup;

@@ -26,6 +26,7 @@ use crate::{
     notifier::EventNotifier,
     presence::ViewerPresence,
     store::IdempotencyStore,
+    wakeup::{CommitWakeup, PgWakeup},
 };
 
 /// The schema, shared with the relay.
@@ -94,6 +95,7 @@ impl Application {
             ),
             metrics: ops::prometheus(),
             notifier: EventNotifier::default(),
+            wakeup: CommitWakeup::default(),
             request_timeout: settings.request_timeout,
             in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight_requests)),
             // A quarter of the pool at most for long-polls' reads: the rest stays
@@ -183,6 +185,13 @@ impl Application {
 
         let listener_task =
             tokio::spawn(state.notifier.clone().run(pool.clone(), shutdown.clone()));
+        // Stopped after the server, not with it: commits made while in-flight
+        // requests drain still wake the relay.
+        let wakeup_stop = CancellationToken::new();
+        let wakeup_task = tokio::spawn(state.wakeup.clone().run(
+            PgWakeup::new((*pool.connect_options()).clone()),
+            wakeup_stop.clone(),
+        ));
         let cleanup_task = tokio::spawn(expire_idempotency_records(
             pool.clone(),
             state.idempotency_ttl,
@@ -213,6 +222,13 @@ impl Application {
                 }
             }
         };
+        wakeup_stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(1), wakeup_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the last wake-up NOTIFY did not finish within 1 s");
+        }
         upkeep.abort();
         listener_task.abort();
         cleanup_task.abort();

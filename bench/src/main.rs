@@ -15,7 +15,7 @@
 //! - [`scenarios`]: one module per scenario (1 `commands` + `pgbench`,
 //!   2 `drain`, 3 `latency` + `consumer` + `floor`, 4 `list`, 5 `outage` +
 //!   `old_design` (also a hidden subcommand: the old design as a server),
-//!   6 `memory`).
+//!   6 `memory`, 7 `growth`; 3 also `sql_writer` for rates above HTTP's).
 //! - [`report`]: the table, and the generated block of `BENCHMARKS.md`.
 //! - [`machine`]: cores, memory, versions, commit.
 
@@ -75,6 +75,7 @@ enum Target {
     List,
     Outage,
     Memory,
+    Growth,
 }
 
 impl Target {
@@ -87,6 +88,7 @@ impl Target {
             Target::List => Some(Scenario::List),
             Target::Outage => Some(Scenario::Outage),
             Target::Memory => Some(Scenario::Memory),
+            Target::Growth => Some(Scenario::Growth),
         }
     }
 }

@@ -17,7 +17,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 
-use crate::{auth::TokenKeys, notifier::EventNotifier, presence::ViewerPresence};
+use crate::{
+    auth::TokenKeys, notifier::EventNotifier, presence::ViewerPresence, wakeup::CommitWakeup,
+};
 use error::ApiError;
 use long_poll::LongPolls;
 use rate_limit::RateLimits;
@@ -33,6 +35,8 @@ pub struct AppState {
     pub tokens: Arc<TokenKeys>,
     pub metrics: PrometheusHandle,
     pub notifier: EventNotifier,
+    /// Pokes the post-commit NOTIFY task.
+    pub wakeup: CommitWakeup,
     pub request_timeout: Duration,
     /// Permits for API requests in flight (tokio's semaphore: awaited nowhere, only `try_acquire`d).
     /// Long-polls never take one: they have [`LongPolls`].

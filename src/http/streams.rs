@@ -188,7 +188,8 @@ pub async fn start_stream(
             .transpose()
             .map_err(validation)?,
     };
-    let outcome = commands::start_stream(&state.pool, cmd, idempotency, trace).await?;
+    let outcome =
+        commands::start_stream(&state.pool, &state.wakeup, cmd, idempotency, trace).await?;
     Ok(outcome_response(outcome, STARTED_STATUS))
 }
 
@@ -223,7 +224,15 @@ pub async fn end_stream(
         &(),
         state.idempotency_ttl,
     )?;
-    let outcome = commands::end_stream(&state.pool, id, user.user_id, idempotency, trace).await?;
+    let outcome = commands::end_stream(
+        &state.pool,
+        &state.wakeup,
+        id,
+        user.user_id,
+        idempotency,
+        trace,
+    )
+    .await?;
     Ok(outcome_response(outcome, ENDED_STATUS))
 }
 

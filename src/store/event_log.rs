@@ -2,24 +2,21 @@ use sqlx::{types::Json, PgConnection};
 
 use crate::domain::StreamEvent;
 
-/// The channel the relay (and the catch-up API) LISTEN on.
+/// The channel the relay (and the catch-up API) LISTEN on. It is notified
+/// after commits, not inside them: see [`crate::wakeup`].
 pub const NOTIFY_CHANNEL: &str = "nova_events";
 
 /// The append-only event log, which is also the outbox.
 pub struct EventLog;
 
 impl EventLog {
-    /// Appends `event` and notifies listeners, in one round trip. The NOTIFY is
-    /// transactional: listeners hear it only if the transaction commits.
-    /// Returns the event's log position.
+    /// Appends `event`; returns its log position. No NOTIFY here: the caller
+    /// wakes listeners after its transaction commits ([`crate::wakeup`]).
     pub async fn append(conn: &mut PgConnection, event: &StreamEvent) -> sqlx::Result<i64> {
         sqlx::query_scalar(
-            "with appended as ( \
-                insert into event_log (event_id, aggregate_type, aggregate_id, aggregate_version, \
-                                       event_type, payload, headers, occurred_at) \
-                values ($1, $2, $3, $4, $5, $6, $7, $8) returning position \
-             ) \
-             select position from appended, lateral (select pg_notify($9, '')) as notified",
+            "insert into event_log (event_id, aggregate_type, aggregate_id, aggregate_version, \
+                                    event_type, payload, headers, occurred_at) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8) returning position",
         )
         .bind(event.event_id)
         .bind(StreamEvent::AGGREGATE_TYPE)
@@ -29,7 +26,6 @@ impl EventLog {
         .bind(Json(&event.payload))
         .bind(Json(&event.headers))
         .bind(event.occurred_at)
-        .bind(NOTIFY_CHANNEL)
         .fetch_one(conn)
         .await
     }

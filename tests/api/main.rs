@@ -20,3 +20,4 @@ mod requests;
 mod streams;
 mod tokens;
 mod viewers;
+mod wakeups;

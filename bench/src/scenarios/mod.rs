@@ -1,4 +1,4 @@
-//! The six scenarios of issue 5, one module each, plus the pieces only one
+//! The seven scenarios (1–6 of issue 5, 7 of issue 14), one module each, plus the pieces only one
 //! scenario needs (the pgbench scripts, the old inline-publish design, the
 //! latency consumer).
 
@@ -6,12 +6,14 @@ pub mod commands;
 pub mod consumer;
 pub mod drain;
 pub mod floor;
+pub mod growth;
 pub mod latency;
 pub mod list;
 pub mod memory;
 pub mod old_design;
 pub mod outage;
 pub mod pgbench;
+pub mod sql_writer;
 
 use sqlx::PgPool;
 
@@ -53,16 +55,19 @@ pub enum Scenario {
     Outage,
     /// 6: peak RSS of API and relay (runs 1 and 2).
     Memory,
+    /// 7: every cost again with the log pre-filled to 1 and 10 million events.
+    Growth,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Commands,
         Scenario::Drain,
         Scenario::Latency,
         Scenario::List,
         Scenario::Outage,
         Scenario::Memory,
+        Scenario::Growth,
     ];
 
     pub fn title(self) -> &'static str {
@@ -73,6 +78,7 @@ impl Scenario {
             Scenario::List => "4. list endpoint",
             Scenario::Outage => "5. Kafka outage isolation",
             Scenario::Memory => "6. memory",
+            Scenario::Growth => "7. growth of the log",
         }
     }
 
@@ -83,6 +89,7 @@ impl Scenario {
             Scenario::Latency => with_scratch_db(ctx, "latency", latency::measure).await,
             Scenario::List => list::run(ctx).await,
             Scenario::Outage => with_scratch_db(ctx, "outage", outage::measure).await,
+            Scenario::Growth => with_scratch_db(ctx, "growth", growth::measure).await,
             Scenario::Memory => {
                 memory::report(ctx);
                 Ok(())

@@ -1,5 +1,7 @@
 //! The baseline of scenario 1: pgbench running the service's start and end
-//! transactions, statement for statement, straight on Postgres.
+//! transactions, statement for statement, straight on Postgres; and the old
+//! design's transactions, with `pg_notify` in them, to price what moving it
+//! after the commit saved.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,7 +63,8 @@ fn payload_literal(event_type: StreamEventType) -> String {
         .replace('\'', "''")
 }
 
-/// The event insert of `EventLog::append`, with or without its NOTIFY.
+/// The event insert of `EventLog::append` (`notify`: the old design's
+/// in-transaction `pg_notify` beside it).
 fn append(event_type: StreamEventType, version: i64, notify: bool) -> String {
     let insert = format!(
         "insert into event_log (event_id, aggregate_type, aggregate_id, aggregate_version, \
@@ -76,7 +79,7 @@ fn append(event_type: StreamEventType, version: i64, notify: bool) -> String {
              lateral (select pg_notify('nova_events', '')) as notified;"
         )
     } else {
-        format!("with appended as ({insert}) select position from appended;")
+        format!("{insert};")
     }
 }
 
@@ -120,8 +123,8 @@ impl Pgbench {
                 .await?;
         }
         let dir = log_dir();
-        let with_notify = dir.join("pgbench-commands.sql");
-        let without_notify = dir.join("pgbench-commands-no-notify.sql");
+        let with_notify = dir.join("pgbench-commands-in-tx-notify.sql");
+        let without_notify = dir.join("pgbench-commands.sql");
         std::fs::write(&with_notify, script(true))?;
         std::fs::write(&without_notify, script(false))?;
         Ok(Self {

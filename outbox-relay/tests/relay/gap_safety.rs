@@ -7,7 +7,7 @@ use rand::Rng as _;
 use sqlx::Connection as _;
 
 use crate::harness::dedupe;
-use crate::harness::writes::{create_user, end_stream, start_stream};
+use crate::harness::writes::{create_user, end_stream, notify_committed, start_stream};
 use crate::harness::{eventually, leader_stack, LeaderStack, TestDb};
 
 /// Read inside the writing transaction: the row is not visible elsewhere yet.
@@ -49,6 +49,7 @@ async fn late_commit_with_the_lower_position_is_delivered() {
     let stream_b = start_stream(&mut b_tx, creators[1]).await;
     assert!(position_of(&mut a_tx, stream_a).await < position_of(&mut b_tx, stream_b).await);
     b_tx.commit().await.unwrap();
+    notify_committed(&mut b).await;
     eventually(
         Duration::from_secs(5),
         "hold-back metric shows B",
@@ -64,6 +65,7 @@ async fn late_commit_with_the_lower_position_is_delivered() {
         "B published past an open older transaction"
     );
     a_tx.commit().await.unwrap();
+    notify_committed(&mut a).await;
     let records = topic.read_until_distinct(2, Duration::from_secs(10)).await;
     let keys: Vec<_> = dedupe(records).iter().map(|r| r.key.clone()).collect();
     assert!(keys.contains(&stream_a.to_string()) && keys.contains(&stream_b.to_string()));
@@ -85,6 +87,7 @@ async fn late_commit_with_the_lower_position_is_delivered() {
     );
     assert!(pos_a2 < pos_b2);
     b_tx.commit().await.unwrap();
+    notify_committed(&mut b).await;
     topic.read_until_distinct(3, Duration::from_secs(10)).await;
     eventually(
         Duration::from_secs(5),
@@ -93,6 +96,7 @@ async fn late_commit_with_the_lower_position_is_delivered() {
     )
     .await;
     a_tx.commit().await.unwrap();
+    notify_committed(&mut a).await;
     let records = topic.read_until_distinct(4, Duration::from_secs(10)).await;
     assert!(
         records.iter().any(|r| r.key == stream_a2.to_string()),
@@ -123,10 +127,12 @@ async fn randomized_concurrent_writers_lose_nothing_and_keep_stream_order() {
                 let stream = start_stream(&mut tx, creator).await;
                 sleep_random().await;
                 tx.commit().await.unwrap();
+                notify_committed(&mut conn).await;
                 let mut tx = conn.begin().await.unwrap();
                 end_stream(&mut tx, stream, creator).await;
                 sleep_random().await;
                 tx.commit().await.unwrap();
+                notify_committed(&mut conn).await;
             }
         }));
     }

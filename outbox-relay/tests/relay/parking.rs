@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::harness::consumer::{assert_per_stream_order, TopicReader};
 use crate::harness::process::RelayEnv;
-use crate::harness::writes::{all_event_ids, bulk_events, create_user};
+use crate::harness::writes::{all_event_ids, bulk_events, create_user, notify_committed};
 use crate::harness::{eventually, Broker, RelayProcess, TestDb};
 
 /// Version `version` of `stream`; `big` makes its payload ~48 KB of random
@@ -106,10 +106,7 @@ async fn park_then_skip_and_retry(exactly_once: bool) {
     bulk_events(&db.pool, 250).await;
     let retried_v2 = event(&db, retried, creator, 2, false).await;
     let skipped_v2 = event(&db, skipped, creator, 2, false).await;
-    sqlx::query("select pg_notify('nova_events', '')")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    notify_committed(&db.pool).await;
     let poisoned: HashSet<String> = [&retried_v1, &skipped_v1, &retried_v2, &skipped_v2]
         .into_iter()
         .cloned()

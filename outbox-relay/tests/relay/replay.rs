@@ -12,7 +12,9 @@ use uuid::Uuid;
 use crate::harness::consumer::{Record, TopicReader};
 use crate::harness::process::RelayEnv;
 use crate::harness::replay::{progress, replay, spawn_replay};
-use crate::harness::writes::{all_event_ids, bulk_events, create_user, end_stream, start_stream};
+use crate::harness::writes::{
+    all_event_ids, bulk_events, create_user, end_stream, notify_committed, start_stream,
+};
 use crate::harness::{assert_per_stream_order, eventually};
 use crate::harness::{Broker, RelayProcess, TestDb};
 
@@ -218,6 +220,7 @@ async fn replay_beside_the_live_relay_keeps_key_and_ce_id_and_never_moves_its_ch
         let stream = start_stream(&mut tx, creator).await;
         end_stream(&mut tx, stream, creator).await;
         tx.commit().await.unwrap();
+        notify_committed(&db.pool).await;
     }
     bulk_events(&db.pool, 100).await;
     let expected = all_event_ids(&db.pool).await;
@@ -313,6 +316,7 @@ async fn replay_beside_the_live_relay_keeps_key_and_ce_id_and_never_moves_its_ch
     let mut tx = db.pool.begin().await.unwrap();
     start_stream(&mut tx, creator).await;
     tx.commit().await.unwrap();
+    notify_committed(&db.pool).await;
     let mut fresh = TopicReader::new(&broker);
     let all = fresh
         .read_until_distinct(expected.len() + 1, Duration::from_secs(20))

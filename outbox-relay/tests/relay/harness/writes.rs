@@ -1,5 +1,6 @@
 //! The service's writes, in SQL: each command transaction writes the stream row
-//! first, then the event row, then notifies (the schema contract).
+//! first, then the event row; after the commit the writer notifies (the schema
+//! contract: the NOTIFY is never inside the transaction).
 
 use std::collections::HashSet;
 
@@ -40,16 +41,21 @@ async fn append_event(conn: &mut PgConnection, stream: Uuid, creator: Uuid, vers
     .bind(event_type)
     .bind(payload)
     .bind(json!({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}))
-    .execute(&mut *conn)
+    .execute(conn)
     .await
     .expect("insert event");
+}
+
+/// The service's wake-up: a NOTIFY on its own, after the writes committed.
+pub async fn notify_committed<'e>(executor: impl sqlx::PgExecutor<'e>) {
     sqlx::query("select pg_notify('nova_events', '')")
-        .execute(conn)
+        .execute(executor)
         .await
         .expect("notify");
 }
 
-/// `stream.started` in the caller's transaction: stream row, then event.
+/// `stream.started` in the caller's transaction: stream row, then event; the
+/// caller commits, then calls [`notify_committed`].
 pub async fn start_stream(conn: &mut PgConnection, creator: Uuid) -> Uuid {
     let stream = Uuid::now_v7();
     sqlx::query(
@@ -78,8 +84,16 @@ pub async fn end_stream(conn: &mut PgConnection, stream: Uuid, creator: Uuid) {
 }
 
 /// `streams` × (started, ended) events, written fast in transactions of up to
-/// 1,000 events (no stream rows: the relay reads only `event_log`).
+/// 1,000 events (no stream rows: the relay reads only `event_log`), then the
+/// NOTIFY.
 pub async fn bulk_events(pool: &PgPool, streams: i64) {
+    bulk_events_unannounced(pool, streams).await;
+    notify_committed(pool).await;
+}
+
+/// Like [`bulk_events`] without the NOTIFY: a wake-up lost to a crash
+/// between commit and notify.
+pub async fn bulk_events_unannounced(pool: &PgPool, streams: i64) {
     let mut done = 0;
     while done < streams {
         let chunk = (streams - done).min(500);
@@ -98,10 +112,6 @@ pub async fn bulk_events(pool: &PgPool, streams: i64) {
         .expect("bulk insert");
         done += chunk;
     }
-    sqlx::query("select pg_notify('nova_events', '')")
-        .execute(pool)
-        .await
-        .expect("notify");
 }
 
 pub async fn all_event_ids(pool: &PgPool) -> HashSet<String> {
