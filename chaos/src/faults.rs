@@ -1,7 +1,7 @@
 //! The seeded fault schedule: one fault at a time, every `every` (±50 %),
-//! each undone before the next, every kind once per round of seven: the broker stopped or killed, the leading
-//! relay killed or frozen, Postgres connections killed or Postgres
-//! restarted, Redis stopped.
+//! each undone before the next, every kind once per round of eight: the
+//! broker stopped, killed or frozen, the leading relay killed or frozen,
+//! Postgres connections killed or Postgres restarted, Redis stopped.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use crate::services::{Postgres, Redis, Relay};
 pub enum Fault {
     BrokerStopped,
     BrokerKilled,
+    BrokerFrozen,
     LeaderKilled,
     LeaderFrozen,
     PgConnectionsKilled,
@@ -23,9 +24,10 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 8] = [
         Fault::BrokerStopped,
         Fault::BrokerKilled,
+        Fault::BrokerFrozen,
         Fault::LeaderKilled,
         Fault::LeaderFrozen,
         Fault::PgConnectionsKilled,
@@ -37,6 +39,7 @@ impl Fault {
         match self {
             Fault::BrokerStopped => "broker stopped (SIGTERM)",
             Fault::BrokerKilled => "broker killed (SIGKILL)",
+            Fault::BrokerFrozen => "broker frozen (SIGSTOP), resumed",
             Fault::LeaderKilled => "leading relay killed",
             Fault::LeaderFrozen => "leading relay frozen, resumed",
             Fault::PgConnectionsKilled => "Postgres connections killed",
@@ -65,7 +68,7 @@ pub struct Chaos<'a> {
     pub admin: PgPool,
     pub started: Instant,
     /// The faults still to come in this round: every kind once per round, in a
-    /// seeded order, so any 7 consecutive faults cover all of them.
+    /// seeded order, so any 8 consecutive faults cover all of them.
     round: Vec<Fault>,
 }
 
@@ -158,6 +161,15 @@ impl Chaos<'_> {
                 tokio::time::sleep(down).await;
                 self.kafka.node(node).start_again().await?;
                 format!("down {down:?}")
+            }
+            Fault::BrokerFrozen => {
+                // Unlike a stop, the relay's connections stay open and nothing
+                // answers: only its delivery deadline notices.
+                let frozen = self.outage(2_000, 8_000);
+                self.kafka.node(node).pause()?;
+                tokio::time::sleep(frozen).await;
+                self.kafka.node(node).resume()?;
+                format!("frozen {frozen:?}")
             }
             Fault::LeaderKilled => {
                 let leader = self

@@ -38,7 +38,7 @@ const PARTITIONS: i32 = 4;
 )]
 struct Args {
     /// How long the workload and the faults run (then the round of faults in
-    /// progress completes: every run sees each of the seven kinds).
+    /// progress completes: every run sees each of the eight kinds).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Seeds the fault schedule and the workload: the same seed, the same schedule.

@@ -1,5 +1,5 @@
 //! The short chaos run of the test suite: every kind of fault at least once
-//! (one round of seven), then the whole history checked. Needs what
+//! (one round of eight), then the whole history checked. Needs what
 //! `deploy/local/test` provides: Postgres's server binaries, redis-server, and
 //! Apache Kafka's jars with a JRE. `CHAOS_SEED` picks another schedule.
 
@@ -32,6 +32,7 @@ fn a_short_chaos_run_finds_no_violation() {
     for fault in [
         "broker stopped (SIGTERM)",
         "broker killed (SIGKILL)",
+        "broker frozen (SIGSTOP), resumed",
         "leading relay killed",
         "leading relay frozen, resumed",
         "Postgres connections killed",
