@@ -221,7 +221,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     };
 
     let observed = std::mem::take(&mut *observed.lock().unwrap());
-    let checks = verify::verdict(&log, &records, &observed);
+    let mut checks = verify::verdict(&log, &records, &observed);
+    let freezes: Vec<faults::Freeze> = injected.iter().filter_map(|i| i.freeze).collect();
+    checks.push(verify::frozen_leader_replaced(&freezes));
     print_report(&injected, &observed, &checks);
     let passed = checks.iter().all(|c| c.violations == 0);
 

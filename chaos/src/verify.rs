@@ -16,7 +16,10 @@ use rdkafka::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::workload::Observed;
+use crate::{
+    faults::{Freeze, TAKEOVER_BOUND},
+    workload::Observed,
+};
 
 /// One record of the topic, in partition order.
 #[derive(Debug, Clone)]
@@ -216,6 +219,40 @@ pub fn verdict(
     ]
 }
 
+/// Every leader freeze that lasted the bound, or saw a takeover, must have
+/// seen the standby lead within [`TAKEOVER_BOUND`]. A shorter freeze may end
+/// before the lease does: not due.
+pub fn frozen_leader_replaced(freezes: &[Freeze]) -> Check {
+    let due: Vec<&Freeze> = freezes
+        .iter()
+        .filter(|f| f.takeover.is_some() || f.frozen >= TAKEOVER_BOUND)
+        .collect();
+    let late = due
+        .iter()
+        .filter(|f| f.takeover.is_none_or(|t| t > TAKEOVER_BOUND))
+        .count() as u64;
+    let slowest = due
+        .iter()
+        .map(|f| f.takeover.unwrap_or(f.frozen))
+        .max()
+        .unwrap_or_default();
+    let mut value = format!(
+        "{} of {}, max {:.1} s",
+        due.len() as u64 - late,
+        due.len(),
+        slowest.as_secs_f64()
+    );
+    let resumed_first = freezes.len() - due.len();
+    if resumed_first > 0 {
+        value.push_str(&format!(" ({resumed_first} resumed first)"));
+    }
+    Check {
+        name: "frozen leader replaced within 10 s",
+        value,
+        violations: late,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,5 +323,20 @@ mod tests {
         assert!(found
             .iter()
             .any(|(n, _)| *n == "2xx commands with their event in the log"));
+    }
+
+    #[test]
+    fn a_frozen_leader_must_be_replaced_within_the_bound() {
+        let freeze = |frozen: u64, takeover: Option<f64>| Freeze {
+            frozen: Duration::from_secs(frozen),
+            takeover: takeover.map(Duration::from_secs_f64),
+        };
+        // Replaced in 5.8 s; a 4 s freeze that ended before its lease: fine.
+        let check = frozen_leader_replaced(&[freeze(12, Some(5.8)), freeze(4, None)]);
+        assert_eq!(check.violations, 0);
+        assert_eq!(check.value, "1 of 1, max 5.8 s (1 resumed first)");
+        // Replaced too late, or not at all in a 12 s freeze.
+        let check = frozen_leader_replaced(&[freeze(12, Some(10.4)), freeze(12, None)]);
+        assert_eq!(check.violations, 2);
     }
 }
