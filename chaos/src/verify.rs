@@ -211,12 +211,25 @@ pub fn verdict(
             value: server_errors.to_string(),
             violations: server_errors,
         },
-        Check {
-            name: "duplicates (at least once; counted, allowed)",
-            value: duplicates.to_string(),
-            violations: 0,
-        },
+        duplicates_check(duplicates, seen.len() as u64),
     ]
+}
+
+/// Delivery is at least once, so some records repeat (a relay killed between
+/// ack and checkpoint resends its window); the goal allows 5 % of the
+/// events delivered.
+const MAX_DUPLICATES_PERCENT: u64 = 5;
+
+fn duplicates_check(duplicates: u64, delivered: u64) -> Check {
+    let allowed = delivered * MAX_DUPLICATES_PERCENT / 100;
+    Check {
+        name: "duplicates at most 5 % of events delivered",
+        value: format!(
+            "{duplicates} ({:.1} %)",
+            duplicates as f64 * 100.0 / delivered.max(1) as f64
+        ),
+        violations: duplicates.saturating_sub(allowed),
+    }
 }
 
 /// Every leader freeze that lasted the bound, or saw a takeover, must have
@@ -275,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn each_kind_of_violation_is_caught_and_duplicates_are_not_one() {
+    fn each_kind_of_violation_is_caught() {
         let stream = Uuid::now_v7();
         let (v1, v2) = (Uuid::now_v7(), Uuid::now_v7());
         let log: HashMap<Uuid, (Uuid, i64)> = [(v1, (stream, 1)), (v2, (stream, 2))].into();
@@ -283,18 +296,8 @@ mod tests {
             committed: vec![(stream, 1), (stream, 2)],
             ..Observed::default()
         };
-        // In order, with a redelivery of both: clean.
-        let clean = [
-            record(0, v1, stream, 1),
-            record(0, v2, stream, 2),
-            record(0, v1, stream, 1),
-            record(0, v2, stream, 2),
-        ];
-        let checks = verdict(&log, &clean, &observed);
-        assert!(violations(&checks).is_empty());
-        assert!(checks
-            .iter()
-            .any(|c| c.name.starts_with("duplicates") && c.value == "2"));
+        let clean = [record(0, v1, stream, 1), record(0, v2, stream, 2)];
+        assert!(violations(&verdict(&log, &clean, &observed)).is_empty());
 
         // Reordered, one lost, one never committed, one on another partition, a 500.
         let ghost = Uuid::now_v7();
@@ -323,6 +326,28 @@ mod tests {
         assert!(found
             .iter()
             .any(|(n, _)| *n == "2xx commands with their event in the log"));
+    }
+
+    #[test]
+    fn duplicates_are_no_reorder_and_up_to_5_percent_allowed() {
+        // 40 streams of one event each, then the first `redelivered` again.
+        let events: Vec<(Uuid, Uuid)> = (0..40).map(|_| (Uuid::now_v7(), Uuid::now_v7())).collect();
+        let log: HashMap<Uuid, (Uuid, i64)> = events
+            .iter()
+            .map(|&(id, stream)| (id, (stream, 1)))
+            .collect();
+        let history = |redelivered: usize| -> Vec<Record> {
+            let all = events.iter().map(|&(id, stream)| record(0, id, stream, 1));
+            let again = events[..redelivered]
+                .iter()
+                .map(|&(id, stream)| record(0, id, stream, 1));
+            all.chain(again).collect()
+        };
+        let checks = verdict(&log, &history(2), &Observed::default());
+        assert!(violations(&checks).is_empty());
+        assert!(checks.iter().any(|c| c.value == "2 (5.0 %)"));
+        let found = violations(&verdict(&log, &history(3), &Observed::default()));
+        assert_eq!(found, [("duplicates at most 5 % of events delivered", 1)]);
     }
 
     #[test]
