@@ -115,10 +115,14 @@ pub fn verdict(
         .iter()
         .filter(|key| !by_version.contains_key(key))
         .count() as u64;
-    let undelivered_2xx = committed
-        .iter()
-        .filter(|key| by_version.get(key).is_none_or(|e| !delivered.contains(e)))
-        .count() as u64;
+    let undelivered = |keys: &HashSet<(Uuid, i64)>| {
+        keys.iter()
+            .filter(|key| by_version.get(key).is_none_or(|e| !delivered.contains(e)))
+            .count() as u64
+    };
+    let undelivered_2xx = undelivered(&committed);
+    let late: HashSet<(Uuid, i64)> = observed.late.iter().copied().collect();
+    let undelivered_late = undelivered(&late);
     let undelivered_log = log.keys().filter(|e| !delivered.contains(e)).count() as u64;
     let uncommitted = records
         .iter()
@@ -180,6 +184,11 @@ pub fn verdict(
                 committed.len()
             ),
             violations: undelivered_2xx,
+        },
+        Check {
+            name: "late commits whose event reached the topic",
+            value: format!("{} of {}", late.len() as u64 - undelivered_late, late.len()),
+            violations: undelivered_late,
         },
         Check {
             name: "log events delivered",
@@ -294,6 +303,7 @@ mod tests {
         let log: HashMap<Uuid, (Uuid, i64)> = [(v1, (stream, 1)), (v2, (stream, 2))].into();
         let observed = Observed {
             committed: vec![(stream, 1), (stream, 2)],
+            late: vec![(stream, 1)],
             ..Observed::default()
         };
         let clean = [record(0, v1, stream, 1), record(0, v2, stream, 2)];
@@ -308,6 +318,7 @@ mod tests {
         let names: Vec<&str> = found.iter().map(|(n, _)| *n).collect();
         for expected in [
             "2xx commands whose event reached the topic",
+            "late commits whose event reached the topic",
             "log events delivered",
             "records of events never committed",
             "per-stream versions out of order",
