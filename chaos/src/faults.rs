@@ -1,7 +1,8 @@
 //! The seeded fault schedule: one fault at a time, every `every` (±50 %),
-//! each undone before the next, every kind once per round of seven: the broker stopped or killed, the leading
-//! relay killed or frozen, Postgres connections killed or Postgres
-//! restarted, Redis stopped.
+//! each undone before the next, every kind once per round of eight: the
+//! broker stopped, killed or frozen, the leading relay killed or frozen,
+//! Postgres connections killed or Postgres restarted, Redis stopped.
+//! A leader freeze is timed: from SIGSTOP to the standby saying it leads.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use crate::services::{Postgres, Redis, Relay};
 pub enum Fault {
     BrokerStopped,
     BrokerKilled,
+    BrokerFrozen,
     LeaderKilled,
     LeaderFrozen,
     PgConnectionsKilled,
@@ -23,9 +25,10 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 8] = [
         Fault::BrokerStopped,
         Fault::BrokerKilled,
+        Fault::BrokerFrozen,
         Fault::LeaderKilled,
         Fault::LeaderFrozen,
         Fault::PgConnectionsKilled,
@@ -37,6 +40,7 @@ impl Fault {
         match self {
             Fault::BrokerStopped => "broker stopped (SIGTERM)",
             Fault::BrokerKilled => "broker killed (SIGKILL)",
+            Fault::BrokerFrozen => "broker frozen (SIGSTOP), resumed",
             Fault::LeaderKilled => "leading relay killed",
             Fault::LeaderFrozen => "leading relay frozen, resumed",
             Fault::PgConnectionsKilled => "Postgres connections killed",
@@ -46,6 +50,11 @@ impl Fault {
     }
 }
 
+/// The issue's bound: a frozen leader's standby leads within it.
+pub const TAKEOVER_BOUND: Duration = Duration::from_secs(10);
+/// The issue's history froze the leader this long; so does every run's first freeze.
+const FIRST_FREEZE: Duration = Duration::from_secs(12);
+
 /// What was injected, when, for how long.
 #[derive(Debug, Clone)]
 pub struct Injected {
@@ -53,6 +62,17 @@ pub struct Injected {
     pub fault: Fault,
     pub outage: Duration,
     pub note: String,
+    /// Set for a leader freeze.
+    pub freeze: Option<Freeze>,
+}
+
+/// A leader freeze, timed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Freeze {
+    pub frozen: Duration,
+    /// From SIGSTOP to the standby's `/metrics` saying `outbox_relay_leader 1`;
+    /// `None` when that did not happen before SIGCONT.
+    pub takeover: Option<Duration>,
 }
 
 pub struct Chaos<'a> {
@@ -65,8 +85,9 @@ pub struct Chaos<'a> {
     pub admin: PgPool,
     pub started: Instant,
     /// The faults still to come in this round: every kind once per round, in a
-    /// seeded order, so any 7 consecutive faults cover all of them.
+    /// seeded order, so any 8 consecutive faults cover all of them.
     round: Vec<Fault>,
+    freezes: u32,
 }
 
 impl Chaos<'_> {
@@ -87,6 +108,7 @@ impl Chaos<'_> {
             admin,
             started: Instant::now(),
             round: vec![],
+            freezes: 0,
         }
     }
 
@@ -111,9 +133,9 @@ impl Chaos<'_> {
             let fault = self.round.pop().expect("refilled");
             let at = self.started.elapsed();
             let begun = Instant::now();
-            let note = match self.inject(fault).await {
-                Ok(note) => note,
-                Err(err) => format!("injection failed: {err:#}"),
+            let (note, freeze) = match self.inject(fault).await {
+                Ok(done) => done,
+                Err(err) => (format!("injection failed: {err:#}"), None),
             };
             println!(
                 "chaos: [{:>6.1}s] {} ({note})",
@@ -125,6 +147,7 @@ impl Chaos<'_> {
                 fault,
                 outage: begun.elapsed(),
                 note,
+                freeze,
             });
         }
     }
@@ -145,9 +168,9 @@ impl Chaos<'_> {
         None
     }
 
-    async fn inject(&mut self, fault: Fault) -> anyhow::Result<String> {
+    async fn inject(&mut self, fault: Fault) -> anyhow::Result<(String, Option<Freeze>)> {
         let node = self.kafka.nodes()[0].id;
-        Ok(match fault {
+        let note = match fault {
             Fault::BrokerStopped | Fault::BrokerKilled => {
                 let down = self.outage(2_000, 8_000);
                 if fault == Fault::BrokerStopped {
@@ -158,6 +181,15 @@ impl Chaos<'_> {
                 tokio::time::sleep(down).await;
                 self.kafka.node(node).start_again().await?;
                 format!("down {down:?}")
+            }
+            Fault::BrokerFrozen => {
+                // Unlike a stop, the relay's connections stay open and nothing
+                // answers: only its delivery deadline notices.
+                let frozen = self.outage(2_000, 8_000);
+                self.kafka.node(node).pause()?;
+                tokio::time::sleep(frozen).await;
+                self.kafka.node(node).resume()?;
+                format!("frozen {frozen:?}")
             }
             Fault::LeaderKilled => {
                 let leader = self
@@ -170,18 +202,7 @@ impl Chaos<'_> {
                 relay.start()?;
                 format!("relay {} killed and restarted", relay.name)
             }
-            Fault::LeaderFrozen => {
-                let leader = self
-                    .leader()
-                    .await
-                    .ok_or_else(|| anyhow::anyhow!("no leader"))?;
-                // Longer than the 5 s lease: the standby takes over meanwhile.
-                let frozen = self.outage(3_000, 9_000);
-                self.relays[leader].signal("STOP")?;
-                tokio::time::sleep(frozen).await;
-                self.relays[leader].signal("CONT")?;
-                format!("relay {} frozen {frozen:?}", self.relays[leader].name)
-            }
+            Fault::LeaderFrozen => return self.freeze_leader().await,
             Fault::PgConnectionsKilled => {
                 let killed: i64 = sqlx::query_scalar(
                     "select count(pg_terminate_backend(pid)) from pg_stat_activity \
@@ -206,6 +227,41 @@ impl Chaos<'_> {
                 self.redis.start().await?;
                 format!("down {down:?}")
             }
+        };
+        Ok((note, None))
+    }
+
+    /// SIGSTOPs the leader, times the standby's takeover, SIGCONTs. Past the
+    /// 5 s lease the standby should lead; a shorter freeze may end first.
+    async fn freeze_leader(&mut self) -> anyhow::Result<(String, Option<Freeze>)> {
+        let leader = self
+            .leader()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+        self.freezes += 1;
+        let frozen = if self.freezes == 1 {
+            FIRST_FREEZE
+        } else {
+            self.outage(3_000, 12_001)
+        };
+        let standby = &self.relays[1 - leader];
+        self.relays[leader].signal("STOP")?;
+        let stopped = Instant::now();
+        let takeover = tokio::time::timeout(frozen, async {
+            while !standby.is_leader().await {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            stopped.elapsed()
         })
+        .await
+        .ok();
+        tokio::time::sleep_until((stopped + frozen).into()).await;
+        self.relays[leader].signal("CONT")?;
+        let (name, standby) = (self.relays[leader].name, standby.name);
+        let note = match takeover {
+            Some(t) => format!("relay {name} frozen {frozen:?}; relay {standby} led after {t:.1?}"),
+            None => format!("relay {name} frozen {frozen:?}; resumed before relay {standby} led"),
+        };
+        Ok((note, Some(Freeze { frozen, takeover })))
     }
 }

@@ -6,10 +6,12 @@
 //!
 //! - [`services`]: the Postgres cluster, redis-server and relays the run owns.
 //! - [`workload`]: creators, viewers, readers and a long-poller over HTTP.
+//! - [`late`]: writers whose command transactions commit late, out of txid order.
 //! - [`faults`]: the seeded schedule of faults.
 //! - [`verify`]: reading the topic back; the verdict table.
 
 mod faults;
+mod late;
 mod services;
 mod verify;
 mod workload;
@@ -38,7 +40,7 @@ const PARTITIONS: i32 = 4;
 )]
 struct Args {
     /// How long the workload and the faults run (then the round of faults in
-    /// progress completes: every run sees each of the seven kinds).
+    /// progress completes: every run sees each of the eight kinds).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Seeds the fault schedule and the workload: the same seed, the same schedule.
@@ -50,6 +52,14 @@ struct Args {
     /// Creators starting and ending streams at once.
     #[arg(long, default_value_t = 6)]
     creators: usize,
+    /// Writers running the API's commands in transactions held open before
+    /// they commit (the issue's history had 16).
+    #[arg(long, default_value_t = 16)]
+    late_writers: usize,
+    /// The longest a late writer's transaction stays open before its commit
+    /// (each one a random 0–this).
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    late_hold: Duration,
     /// Where the services keep their data and logs (default: a new temp dir, removed on success).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -83,10 +93,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("nova-chaos-{}", Uuid::now_v7())));
     std::fs::create_dir_all(&dir)?;
     println!(
-        "chaos: seed {}, {:?}, a fault every ~{:?}; data and logs in {}",
+        "chaos: seed {}, {:?}, a fault every ~{:?}, {} late writers (commits held 0–{:?}); \
+         data and logs in {}",
         args.seed,
         args.duration,
         args.fault_every,
+        args.late_writers,
+        args.late_hold,
         dir.display()
     );
 
@@ -139,6 +152,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Duration::from_secs(24 * 3600),
         ));
     }
+    let mut late_creators = vec![];
+    for i in 0..args.late_writers {
+        let user =
+            nova_streaming::store::UserRepo::create(&admin, &format!("chaos-late-{i}"), None)
+                .await?;
+        late_creators.push(user.id);
+    }
     let reader = keys.issue(
         Uuid::now_v7(),
         &["events:read".into()],
@@ -159,6 +179,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     workers.push(tokio::spawn(
         Client::new(base.clone(), observed.clone()).long_poller(reader, stop.clone()),
     ));
+    let late_pool = late::pool(&admin, &database_url, args.late_writers, args.late_hold).await?;
+    for (i, creator) in late_creators.into_iter().enumerate() {
+        workers.push(tokio::spawn(late::writer(
+            late_pool.clone(),
+            creator,
+            args.seed * 1000 + 500 + i as u64,
+            observed.clone(),
+            stop.clone(),
+        )));
+    }
 
     let injected = {
         let mut chaos = Chaos::new(
@@ -221,7 +251,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     };
 
     let observed = std::mem::take(&mut *observed.lock().unwrap());
-    let checks = verify::verdict(&log, &records, &observed);
+    let mut checks = verify::verdict(&log, &records, &observed);
+    let freezes: Vec<faults::Freeze> = injected.iter().filter_map(|i| i.freeze).collect();
+    checks.push(verify::frozen_leader_replaced(&freezes));
     print_report(&injected, &observed, &checks);
     let passed = checks.iter().all(|c| c.violations == 0);
 
@@ -264,6 +296,11 @@ fn print_report(injected: &[faults::Injected], observed: &Observed, checks: &[ve
     for ((kind, status), n) in &observed.statuses {
         println!("  {kind:<10} {status:>3}  {n:>6}");
     }
+    println!(
+        "\nlate commits: {} ({} attempts failed and were retried)",
+        observed.late.len(),
+        observed.late_failed
+    );
     println!("\n{:<48} {:>22}  verdict", "check", "value");
     for check in checks {
         let verdict = if check.violations == 0 {

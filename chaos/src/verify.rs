@@ -16,7 +16,10 @@ use rdkafka::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::workload::Observed;
+use crate::{
+    faults::{Freeze, TAKEOVER_BOUND},
+    workload::Observed,
+};
 
 /// One record of the topic, in partition order.
 #[derive(Debug, Clone)]
@@ -112,10 +115,14 @@ pub fn verdict(
         .iter()
         .filter(|key| !by_version.contains_key(key))
         .count() as u64;
-    let undelivered_2xx = committed
-        .iter()
-        .filter(|key| by_version.get(key).is_none_or(|e| !delivered.contains(e)))
-        .count() as u64;
+    let undelivered = |keys: &HashSet<(Uuid, i64)>| {
+        keys.iter()
+            .filter(|key| by_version.get(key).is_none_or(|e| !delivered.contains(e)))
+            .count() as u64
+    };
+    let undelivered_2xx = undelivered(&committed);
+    let late: HashSet<(Uuid, i64)> = observed.late.iter().copied().collect();
+    let undelivered_late = undelivered(&late);
     let undelivered_log = log.keys().filter(|e| !delivered.contains(e)).count() as u64;
     let uncommitted = records
         .iter()
@@ -179,6 +186,11 @@ pub fn verdict(
             violations: undelivered_2xx,
         },
         Check {
+            name: "late commits whose event reached the topic",
+            value: format!("{} of {}", late.len() as u64 - undelivered_late, late.len()),
+            violations: undelivered_late,
+        },
+        Check {
             name: "log events delivered",
             value: format!("{} of {}", log.len() as u64 - undelivered_log, log.len()),
             violations: undelivered_log,
@@ -208,12 +220,59 @@ pub fn verdict(
             value: server_errors.to_string(),
             violations: server_errors,
         },
-        Check {
-            name: "duplicates (at least once; counted, allowed)",
-            value: duplicates.to_string(),
-            violations: 0,
-        },
+        duplicates_check(duplicates, seen.len() as u64),
     ]
+}
+
+/// Delivery is at least once, so some records repeat (a relay killed between
+/// ack and checkpoint resends its window); the goal allows 5 % of the
+/// events delivered.
+const MAX_DUPLICATES_PERCENT: u64 = 5;
+
+fn duplicates_check(duplicates: u64, delivered: u64) -> Check {
+    let allowed = delivered * MAX_DUPLICATES_PERCENT / 100;
+    Check {
+        name: "duplicates at most 5 % of events delivered",
+        value: format!(
+            "{duplicates} ({:.1} %)",
+            duplicates as f64 * 100.0 / delivered.max(1) as f64
+        ),
+        violations: duplicates.saturating_sub(allowed),
+    }
+}
+
+/// Every leader freeze that lasted the bound, or saw a takeover, must have
+/// seen the standby lead within [`TAKEOVER_BOUND`]. A shorter freeze may end
+/// before the lease does: not due.
+pub fn frozen_leader_replaced(freezes: &[Freeze]) -> Check {
+    let due: Vec<&Freeze> = freezes
+        .iter()
+        .filter(|f| f.takeover.is_some() || f.frozen >= TAKEOVER_BOUND)
+        .collect();
+    let late = due
+        .iter()
+        .filter(|f| f.takeover.is_none_or(|t| t > TAKEOVER_BOUND))
+        .count() as u64;
+    let slowest = due
+        .iter()
+        .map(|f| f.takeover.unwrap_or(f.frozen))
+        .max()
+        .unwrap_or_default();
+    let mut value = format!(
+        "{} of {}, max {:.1} s",
+        due.len() as u64 - late,
+        due.len(),
+        slowest.as_secs_f64()
+    );
+    let resumed_first = freezes.len() - due.len();
+    if resumed_first > 0 {
+        value.push_str(&format!(" ({resumed_first} resumed first)"));
+    }
+    Check {
+        name: "frozen leader replaced within 10 s",
+        value,
+        violations: late,
+    }
 }
 
 #[cfg(test)]
@@ -238,26 +297,17 @@ mod tests {
     }
 
     #[test]
-    fn each_kind_of_violation_is_caught_and_duplicates_are_not_one() {
+    fn each_kind_of_violation_is_caught() {
         let stream = Uuid::now_v7();
         let (v1, v2) = (Uuid::now_v7(), Uuid::now_v7());
         let log: HashMap<Uuid, (Uuid, i64)> = [(v1, (stream, 1)), (v2, (stream, 2))].into();
         let observed = Observed {
             committed: vec![(stream, 1), (stream, 2)],
+            late: vec![(stream, 1)],
             ..Observed::default()
         };
-        // In order, with a redelivery of both: clean.
-        let clean = [
-            record(0, v1, stream, 1),
-            record(0, v2, stream, 2),
-            record(0, v1, stream, 1),
-            record(0, v2, stream, 2),
-        ];
-        let checks = verdict(&log, &clean, &observed);
-        assert!(violations(&checks).is_empty());
-        assert!(checks
-            .iter()
-            .any(|c| c.name.starts_with("duplicates") && c.value == "2"));
+        let clean = [record(0, v1, stream, 1), record(0, v2, stream, 2)];
+        assert!(violations(&verdict(&log, &clean, &observed)).is_empty());
 
         // Reordered, one lost, one never committed, one on another partition, a 500.
         let ghost = Uuid::now_v7();
@@ -268,6 +318,7 @@ mod tests {
         let names: Vec<&str> = found.iter().map(|(n, _)| *n).collect();
         for expected in [
             "2xx commands whose event reached the topic",
+            "late commits whose event reached the topic",
             "log events delivered",
             "records of events never committed",
             "per-stream versions out of order",
@@ -286,5 +337,42 @@ mod tests {
         assert!(found
             .iter()
             .any(|(n, _)| *n == "2xx commands with their event in the log"));
+    }
+
+    #[test]
+    fn duplicates_are_no_reorder_and_up_to_5_percent_allowed() {
+        // 40 streams of one event each, then the first `redelivered` again.
+        let events: Vec<(Uuid, Uuid)> = (0..40).map(|_| (Uuid::now_v7(), Uuid::now_v7())).collect();
+        let log: HashMap<Uuid, (Uuid, i64)> = events
+            .iter()
+            .map(|&(id, stream)| (id, (stream, 1)))
+            .collect();
+        let history = |redelivered: usize| -> Vec<Record> {
+            let all = events.iter().map(|&(id, stream)| record(0, id, stream, 1));
+            let again = events[..redelivered]
+                .iter()
+                .map(|&(id, stream)| record(0, id, stream, 1));
+            all.chain(again).collect()
+        };
+        let checks = verdict(&log, &history(2), &Observed::default());
+        assert!(violations(&checks).is_empty());
+        assert!(checks.iter().any(|c| c.value == "2 (5.0 %)"));
+        let found = violations(&verdict(&log, &history(3), &Observed::default()));
+        assert_eq!(found, [("duplicates at most 5 % of events delivered", 1)]);
+    }
+
+    #[test]
+    fn a_frozen_leader_must_be_replaced_within_the_bound() {
+        let freeze = |frozen: u64, takeover: Option<f64>| Freeze {
+            frozen: Duration::from_secs(frozen),
+            takeover: takeover.map(Duration::from_secs_f64),
+        };
+        // Replaced in 5.8 s; a 4 s freeze that ended before its lease: fine.
+        let check = frozen_leader_replaced(&[freeze(12, Some(5.8)), freeze(4, None)]);
+        assert_eq!(check.violations, 0);
+        assert_eq!(check.value, "1 of 1, max 5.8 s (1 resumed first)");
+        // Replaced too late, or not at all in a 12 s freeze.
+        let check = frozen_leader_replaced(&[freeze(12, Some(10.4)), freeze(12, None)]);
+        assert_eq!(check.violations, 2);
     }
 }

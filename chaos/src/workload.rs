@@ -23,6 +23,10 @@ pub struct Observed {
     pub statuses: BTreeMap<(&'static str, u16), u64>,
     /// Event ids the long-poller read from `GET /v1/events`.
     pub polled: Vec<Uuid>,
+    /// `(stream, version)` of every command a late committer (`late`) committed.
+    pub late: Vec<(Uuid, i64)>,
+    /// Late committers' commands that failed (Postgres down, connection killed).
+    pub late_failed: u64,
 }
 
 pub type Shared = Arc<Mutex<Observed>>;

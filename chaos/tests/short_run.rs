@@ -1,7 +1,8 @@
 //! The short chaos run of the test suite: every kind of fault at least once
-//! (one round of seven), then the whole history checked. Needs what
-//! `deploy/local/test` provides: Postgres's server binaries, redis-server, and
-//! Apache Kafka's jars with a JRE. `CHAOS_SEED` picks another schedule.
+//! (one round of eight) while late writers commit out of txid order, then the
+//! whole history checked. Needs what `deploy/local/test` provides: Postgres's
+//! server binaries, redis-server, and Apache Kafka's jars with a JRE.
+//! `CHAOS_SEED` picks another schedule.
 
 use std::process::Command;
 
@@ -11,6 +12,7 @@ fn a_short_chaos_run_finds_no_violation() {
     let dir = std::env::temp_dir().join(format!("nova-chaos-test-{}", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_chaos"))
         .args(["--duration", "45s", "--fault-every", "4s", "--seed", &seed])
+        .args(["--late-writers", "8"])
         .arg("--dir")
         .arg(&dir)
         .output()
@@ -32,6 +34,7 @@ fn a_short_chaos_run_finds_no_violation() {
     for fault in [
         "broker stopped (SIGTERM)",
         "broker killed (SIGKILL)",
+        "broker frozen (SIGSTOP), resumed",
         "leading relay killed",
         "leading relay frozen, resumed",
         "Postgres connections killed",
@@ -44,5 +47,11 @@ fn a_short_chaos_run_finds_no_violation() {
         );
     }
     assert!(!timeline.contains("injection failed"), "{timeline}");
+    let late: u64 = stdout
+        .split("late commits: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .expect("a count of late commits");
+    assert!(late > 0, "no late writer committed");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -440,9 +440,17 @@ impl Drop for Cluster {
 }
 
 /// 16 random bytes in base64url, the form `StorageTool random-uuid` prints.
+/// Never one starting with `-` (1 in 64): `format -t -…` reads it as an
+/// option and fails; Kafka's own `Uuid.randomUuid` draws again for the same reason.
 fn random_cluster_id() -> String {
     use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
+    loop {
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(uuid::Uuid::new_v4().as_bytes());
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
 }
 
 fn broker_count(bootstrap: &str) -> anyhow::Result<usize> {
