@@ -263,11 +263,7 @@ fn format_storage(
 ) -> anyhow::Result<()> {
     let mut command = java(dir, "256m");
     command
-        .args(["kafka.tools.StorageTool", "format"])
-        // `=`: an id may start with `-` (base64url), which argparse would
-        // take for a flag after a separate `-t`.
-        .arg(format!("--cluster-id={cluster_id}"))
-        .arg("-c")
+        .args(["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c"])
         .arg(dir.join("server.properties"));
     for (user, password) in scram_users {
         command

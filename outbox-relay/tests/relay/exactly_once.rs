@@ -117,7 +117,11 @@ async fn zombie_leader_is_fenced_and_duplicates_nothing() {
     writer.await.unwrap();
     assert_exactly_once(&db, &broker, "zombie leader frozen, replaced, resumed").await;
     assert_eq!(old.metric("outbox_relay_leader").await, 0.0);
-    assert!(new.metric("outbox_relay_transactions_committed_total").await > 0.0);
+    assert!(
+        new.metric("outbox_relay_transactions_committed_total")
+            .await
+            > 0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
