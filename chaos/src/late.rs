@@ -13,6 +13,7 @@ use std::{str::FromStr as _, time::Duration};
 use nova_streaming::{
     commands::{self, CommandError, Outcome, StartStream},
     domain::{Category, EventHeaders, LiveStream, StreamTitle},
+    wakeup::CommitWakeup,
 };
 use rand::{rngs::StdRng, Rng as _, SeedableRng as _};
 use sqlx::{
@@ -66,6 +67,7 @@ pub async fn pool(
 /// until `stop`, recording each commit in `observed.late`.
 pub async fn writer(
     pool: PgPool,
+    wakeup: CommitWakeup,
     creator: Uuid,
     seed: u64,
     observed: Shared,
@@ -88,7 +90,14 @@ pub async fn writer(
             category: Category::ALL[rng.random_range(0..Category::ALL.len())],
             thumbnail_url: None,
         };
-        let stream = match commands::start_stream(&pool, start, None, EventHeaders::default()).await
+        let stream = match commands::start_stream(
+            &pool,
+            &wakeup,
+            start,
+            None,
+            EventHeaders::default(),
+        )
+        .await
         {
             Ok(Outcome::Done(stream)) => {
                 committed(&stream);
@@ -105,7 +114,15 @@ pub async fn writer(
         };
         // Ended before the next start: a creator has one live stream at most.
         while !stop.is_cancelled() {
-            match commands::end_stream(&pool, stream, creator, None, EventHeaders::default()).await
+            match commands::end_stream(
+                &pool,
+                &wakeup,
+                stream,
+                creator,
+                None,
+                EventHeaders::default(),
+            )
+            .await
             {
                 Ok(Outcome::Done(stream)) => {
                     committed(&stream);

@@ -20,6 +20,7 @@ use std::{path::PathBuf, str::FromStr as _, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
+use nova_streaming::wakeup::{CommitWakeup, PgWakeup};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -180,9 +181,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         Client::new(base.clone(), observed.clone()).long_poller(reader, stop.clone()),
     ));
     let late_pool = late::pool(&admin, &database_url, args.late_writers, args.late_hold).await?;
+    // The late writers wake the relays after their commits as the API does:
+    // with a wake-up task of their own.
+    let late_wakeup = CommitWakeup::default();
+    workers.push(tokio::spawn(late_wakeup.clone().run(
+        PgWakeup::new(PgConnectOptions::from_str(&database_url)?),
+        stop.clone(),
+    )));
     for (i, creator) in late_creators.into_iter().enumerate() {
         workers.push(tokio::spawn(late::writer(
             late_pool.clone(),
+            late_wakeup.clone(),
             creator,
             args.seed * 1000 + 500 + i as u64,
             observed.clone(),
