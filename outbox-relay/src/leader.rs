@@ -222,13 +222,27 @@ impl LeaderLock {
     /// Before each batch: fails if the lease expired by this relay's clock or
     /// the session is gone (one round trip), and renews the lease when due.
     pub async fn ensure_leading(&mut self) -> Result<(), LockError> {
+        let renewing = Instant::now() >= self.next_renewal;
+        self.ensure_lease().await?;
+        if renewing {
+            // The renewal was the round trip.
+            return Ok(());
+        }
+        within(self.settings.statement_timeout, self.conn.ping()).await
+    }
+
+    /// [`Self::ensure_leading`] without its round trip, for a caller that has
+    /// just completed a statement on [`Self::conn`] (which proved the session
+    /// as the ping would): the lease by this relay's clock, and a renewal when
+    /// due.
+    pub async fn ensure_lease(&mut self) -> Result<(), LockError> {
         if Instant::now() >= self.trusted_until {
             return Err(LockError::Expired);
         }
         if Instant::now() >= self.next_renewal {
             return self.renew().await;
         }
-        within(self.settings.statement_timeout, self.conn.ping()).await
+        Ok(())
     }
 
     async fn renew(&mut self) -> Result<(), LockError> {

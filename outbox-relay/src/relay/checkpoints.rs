@@ -1,7 +1,9 @@
 //! The checkpoint as stored, and acknowledged progress not written yet. While
 //! batches settle back to back, the checkpoint is written once per window's
-//! worth of batches (and whenever the window empties), not once per batch: a
-//! write costs a round trip. A crash then re-publishes at most two windows.
+//! worth of batches, not once per batch: a write costs a round trip. Whatever
+//! is pending is written before the next batch is sent (the write then serves
+//! as that batch's session check) and before the relay waits, so a crash
+//! re-publishes at most two windows.
 
 use crate::checkpoint::{self, Checkpoint, StoredCheckpoint};
 use crate::leader::{self, LeaderLock};
@@ -34,11 +36,17 @@ impl Checkpoints {
     }
 
     /// Records the end of a batch whose every ack arrived; says whether to
-    /// write now: once `every` batches are unwritten, or the window is empty.
-    pub fn record(&mut self, new: StoredCheckpoint, window_empty: bool, every: u32) -> bool {
+    /// write now: once `every` batches are unwritten (else it is written
+    /// before the next send or wait).
+    pub fn record(&mut self, new: StoredCheckpoint, every: u32) -> bool {
         self.pending = Some(new);
         self.unwritten += 1;
-        window_empty || self.unwritten >= every
+        self.unwritten >= every
+    }
+
+    /// Acknowledged progress not written yet.
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
     }
 
     /// What was written, now that it is: nothing pending.
@@ -79,12 +87,13 @@ mod tests {
     }
 
     #[test]
-    fn the_checkpoint_is_written_once_per_window_or_when_the_window_empties() {
+    fn the_checkpoint_is_written_once_per_window_of_batches() {
         let mut checkpoints = Checkpoints::new(Some(stored(0)));
         assert_eq!(checkpoints.acked(), stored(0).checkpoint);
         // Four batches in flight: the first three settle without a write...
         for end in [10, 20, 30] {
-            assert!(!checkpoints.record(stored(end), false, 4));
+            assert!(!checkpoints.record(stored(end), 4));
+            assert!(checkpoints.is_pending());
             assert_eq!(
                 checkpoints.acked(),
                 stored(end).checkpoint,
@@ -92,12 +101,12 @@ mod tests {
             );
         }
         // ...the fourth is the window's worth.
-        assert!(checkpoints.record(stored(40), false, 4));
+        assert!(checkpoints.record(stored(40), 4));
         checkpoints.written();
         assert_eq!(checkpoints.stored, Some(stored(40)));
-        assert_eq!(checkpoints.pending, None);
-        // A batch that empties the window is written at once.
-        assert!(checkpoints.record(stored(50), true, 4));
+        assert!(!checkpoints.is_pending());
+        // The count starts over after a write.
+        assert!(!checkpoints.record(stored(50), 4));
         checkpoints.written();
         assert_eq!(checkpoints.acked(), stored(50).checkpoint);
     }

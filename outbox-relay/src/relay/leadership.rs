@@ -31,6 +31,10 @@ use super::{Relay, RelayError};
 /// How soon to read again while committed events wait behind the horizon.
 const HELD_BACK_RECHECK: Duration = Duration::from_millis(20);
 
+/// Poll intervals after which the periodic check no longer waits for the
+/// window to empty by itself.
+const CHECK_OVERDUE_POLLS: u32 = 10;
+
 /// Whether to take another step.
 pub enum Step {
     Continue,
@@ -114,10 +118,15 @@ impl<'r> Leadership<'r> {
             self.finish_window().await?;
             return Ok(Step::Stopped);
         }
-        let check_due = self.last_check.elapsed() >= self.relay.settings.poll_interval;
-        if check_due && self.window.is_empty() {
+        let poll = self.relay.settings.poll_interval;
+        let since_check = self.last_check.elapsed();
+        if since_check >= poll && self.window.is_empty() {
             return self.periodic_check(shutdown).await;
         }
+        // The check waits for the window to empty by itself, as it does between
+        // bursts; only a drain that never lets it empty is held for it, so the
+        // check never stalls events arriving at a steady rate.
+        let check_overdue = since_check >= poll * CHECK_OVERDUE_POLLS;
         if self.exactly_once() && self.window.is_empty() && !self.relay.publisher.is_ready() {
             if let Err(error) = self.prepare_transactions().await? {
                 let failed = Failed {
@@ -133,7 +142,7 @@ impl<'r> Leadership<'r> {
         // fail); and before the periodic check, so that the stored checkpoint
         // is then exactly what this relay wrote and a reset is not mistaken
         // for it.
-        let settle_first = check_due
+        let settle_first = check_overdue
             || self.window.is_full()
             || (!self.window.is_empty()
                 && (self.recovering || isolating || self.relay.publisher.is_stale()));
@@ -142,8 +151,9 @@ impl<'r> Leadership<'r> {
         } else {
             match self.next_batch(isolating).await? {
                 Some(batch) => self.send(batch).await?,
-                // Caught up: nothing more to read until older batches settle.
-                None if !self.window.is_empty() => self.settle().await?,
+                // Caught up with batches in flight: settle the oldest, unless
+                // a commit wakes the relay first (then read and send it now).
+                None if !self.window.is_empty() => self.settle_or_wake().await?,
                 None => return self.idle(shutdown).await,
             }
         };
@@ -159,6 +169,11 @@ impl<'r> Leadership<'r> {
     /// The stored checkpoint may have been reset by an operator, and parked
     /// streams marked: looked at with an empty window (so nothing is pending).
     async fn periodic_check(&mut self, shutdown: &CancellationToken) -> Result<Step, RelayError> {
+        // What this relay acknowledged is stored first: a reset is then told
+        // apart from it by the compare-and-set.
+        self.checkpoints
+            .flush(&mut self.lock, &self.relay.settings.name)
+            .await?;
         let Some((stored, system_identifier)) =
             verified_checkpoint(self.relay, &mut self.lock, shutdown).await?
         else {
@@ -207,8 +222,17 @@ impl<'r> Leadership<'r> {
     async fn send(&mut self, mut batch: Vec<OutboxEvent>) -> Result<Attempt, RelayError> {
         while !batch.is_empty() {
             // Never a batch from a relay that may have lost the lead: its
-            // lease or session is checked first (docs/relay.md).
-            self.lock.ensure_leading().await?;
+            // lease and session are checked first (docs/relay.md). A pending
+            // checkpoint write, made now, after the read, is that session
+            // check: a round trip on the lock's session, as the ping would be.
+            if self.checkpoints.is_pending() {
+                self.checkpoints
+                    .flush(&mut self.lock, &self.relay.settings.name)
+                    .await?;
+                self.lock.ensure_lease().await?;
+            } else {
+                self.lock.ensure_leading().await?;
+            }
             match self.relay.publisher.send(&batch).await {
                 Ok(sent) => {
                     self.window.push(batch, sent);
@@ -311,7 +335,7 @@ impl<'r> Leadership<'r> {
                 checkpoint: resume,
                 system_identifier: Some(self.system_identifier),
             };
-            self.checkpoints.record(new, true, 1);
+            self.checkpoints.record(new, 1);
             self.checkpoints
                 .flush(&mut self.lock, &self.relay.settings.name)
                 .await?;
@@ -364,7 +388,7 @@ impl<'r> Leadership<'r> {
             checkpoint: end,
             system_identifier: Some(self.system_identifier),
         };
-        self.checkpoints.record(new, true, 1);
+        self.checkpoints.record(new, 1);
         self.checkpoints.flush(&mut self.lock, &name).await?;
         if std::mem::take(&mut self.first_batch) {
             tracing::info!(checkpoint = %end, "first transaction committed");
@@ -376,6 +400,29 @@ impl<'r> Leadership<'r> {
         Ok(Ok(()))
     }
 
+    /// At least once, caught up with batches in flight: the oldest batch's
+    /// acks, or a wake-up (an event committed meanwhile), whichever comes
+    /// first. On a wake-up nothing is settled: the next step reads and sends
+    /// the new events at once instead of after the ack, keeping more in
+    /// flight at moderate rates.
+    async fn settle_or_wake(&mut self) -> Result<Attempt, RelayError> {
+        if self.exactly_once() || self.window.is_full() {
+            return self.settle().await;
+        }
+        let Some(oldest) = self.window.oldest_mut() else {
+            return Ok(Ok(()));
+        };
+        let wakeup = self.relay.wakeup.clone();
+        // Only the wait for acks is raced (it is cancel-safe); what follows
+        // an ack (the checkpoint write) is not cut short.
+        let acked = tokio::select! {
+            biased;
+            acked = acked_while_leading(&mut self.lock, &mut self.relay.publisher, &mut oldest.sent) => acked?,
+            () = wakeup.notified() => return Ok(Ok(())),
+        };
+        self.oldest_acked(acked).await
+    }
+
     /// Awaits the acks of the oldest batch in flight and, once all arrived,
     /// advances the checkpoint to its end. Raced with the lock (without it,
     /// stop publishing at once), not with shutdown.
@@ -385,7 +432,17 @@ impl<'r> Leadership<'r> {
         };
         let acked =
             acked_while_leading(&mut self.lock, &mut self.relay.publisher, &mut oldest.sent);
-        let latency = match acked.await? {
+        let acked = acked.await?;
+        self.oldest_acked(acked).await
+    }
+
+    /// The oldest batch's acks arrived (or it failed): on success it leaves
+    /// the window and the checkpoint moves to its end.
+    async fn oldest_acked(
+        &mut self,
+        acked: Result<Duration, PublishError>,
+    ) -> Result<Attempt, RelayError> {
+        let latency = match acked {
             Ok(latency) => latency,
             Err(error) => {
                 return Ok(Err(Failed {
@@ -400,7 +457,7 @@ impl<'r> Leadership<'r> {
             system_identifier: Some(self.system_identifier),
         };
         let every = self.relay.settings.max_in_flight_batches;
-        if self.checkpoints.record(new, self.window.is_empty(), every) {
+        if self.checkpoints.record(new, every) {
             self.checkpoints
                 .flush(&mut self.lock, &self.relay.settings.name)
                 .await?;
@@ -423,6 +480,10 @@ impl<'r> Leadership<'r> {
     /// Caught up with nothing in flight: wait for a wake-up or the poll (much
     /// sooner while committed events wait behind the horizon).
     async fn idle(&mut self, shutdown: &CancellationToken) -> Result<Step, RelayError> {
+        // Caught up: what was acknowledged is stored before the wait.
+        self.checkpoints
+            .flush(&mut self.lock, &self.relay.settings.name)
+            .await?;
         let after = self.window.read_ahead(self.checkpoints.acked());
         let held_back = self
             .reader

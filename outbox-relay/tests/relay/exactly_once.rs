@@ -100,7 +100,7 @@ async fn zombie_leader_is_fenced_and_duplicates_nothing() {
             }
         }
     });
-    eventually(Duration::from_secs(30), "the leader publishing", || async {
+    eventually(Duration::from_secs(60), "the leader publishing", || async {
         (old.metric("outbox_relay_events_published_total").await >= 500.0).then_some(())
     })
     .await;
