@@ -8,6 +8,7 @@
 //!   offsets. Nothing is redelivered, so nothing needs an inbox.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -179,9 +180,7 @@ pub async fn run(
         let step = match settings.delivery {
             Delivery::AtLeastOnce => {
                 let step = match &event {
-                    Some(event) => retry(&shutdown, async || apply(pool, event).await)
-                        .await
-                        .into(),
+                    Some(event) => retry(&shutdown, || apply(pool, event)).await.into(),
                     None => Step::Counted(Applied::Ignored),
                 };
                 if matches!(step, Step::Counted(_)) {
@@ -250,10 +249,8 @@ impl ExactlyOnce<'_> {
         let next = match positions.get(&partition) {
             Some(next) => *next,
             None => {
-                let stored = retry(self.shutdown, async || {
-                    offsets::next(self.pool, topic, partition).await
-                })
-                .await;
+                let stored =
+                    retry(self.shutdown, || offsets::next(self.pool, topic, partition)).await;
                 let Some(stored) = stored else {
                     return Ok(Step::Stopped);
                 };
@@ -278,8 +275,9 @@ impl ExactlyOnce<'_> {
         if offset < next {
             return Ok(Step::Behind);
         }
-        let applied = retry(self.shutdown, async || {
-            let mut tx = self.pool.begin().await?;
+        let pool = self.pool;
+        let applied = retry(self.shutdown, || async move {
+            let mut tx = pool.begin().await?;
             let applied = match event {
                 Some(event) => versioned::apply_if_newer(&mut tx, event).await?,
                 None => Applied::Ignored,
@@ -297,9 +295,11 @@ impl ExactlyOnce<'_> {
 }
 
 /// Retries a database failure (never skips the event), until shutdown.
-async fn retry<T>(
+/// (`attempt` returns a future that does not borrow it: async closures'
+/// futures are not provably `Send` yet, and callers spawn this.)
+async fn retry<T, F: Future<Output = sqlx::Result<T>>>(
     shutdown: &CancellationToken,
-    mut attempt: impl AsyncFnMut() -> sqlx::Result<T>,
+    mut attempt: impl FnMut() -> F,
 ) -> Option<T> {
     let mut delay = Duration::from_millis(100);
     loop {
