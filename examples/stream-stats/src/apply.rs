@@ -17,6 +17,14 @@ pub struct StreamPayload {
     pub version: i64,
 }
 
+impl StreamPayload {
+    /// From start to end; 0 for a stream that has not ended.
+    pub fn duration_seconds(&self) -> f64 {
+        let ended_at = self.ended_at.unwrap_or(self.started_at);
+        (ended_at - self.started_at).num_microseconds().unwrap_or(0) as f64 / 1e6
+    }
+}
+
 /// One received event.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -28,7 +36,8 @@ pub struct Received {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Applied {
     Applied,
-    /// Seen before (redelivery or replay): nothing changed.
+    /// Seen before (redelivery or replay), or, in exactly-once mode, older
+    /// than what the stream's row reflects: nothing changed.
     Duplicate,
     /// An event type this consumer does not use; recorded so it is not retried.
     Ignored,
@@ -74,7 +83,7 @@ pub async fn apply(pool: &PgPool, event: &Received) -> sqlx::Result<Applied> {
         }
         "stream.ended" => {
             let ended_at = p.ended_at.unwrap_or(p.started_at);
-            let seconds = (ended_at - p.started_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            let seconds = p.duration_seconds();
             // Joined mid-history (never saw the start)? Record the stream, but
             // do not decrement a live count that was never incremented.
             let was_live: Option<bool> = sqlx::query_scalar(
@@ -103,7 +112,8 @@ pub async fn apply(pool: &PgPool, event: &Received) -> sqlx::Result<Applied> {
     Ok(outcome)
 }
 
-async fn bump(
+/// Adds to a category's counters (negative values take away).
+pub(crate) async fn bump(
     tx: &mut sqlx::PgConnection,
     category: &str,
     live: i64,

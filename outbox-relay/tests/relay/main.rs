@@ -21,4 +21,5 @@ mod replay_resume;
 mod restore;
 mod shutdown_and_crash;
 mod stream_stats;
+mod stream_stats_exactly_once;
 mod wakeups;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rand::Rng as _;
 use sqlx::PgPool;
-use stream_stats::consumer::{self, Progress, Settings};
+use stream_stats::consumer::{self, Delivery, Progress, Settings};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -43,12 +43,13 @@ impl StatsConsumer {
         kafka_config: Vec<(String, String)>,
     ) -> Self {
         let settings = Settings {
-            database_url: stats.url.clone(),
-            brokers: brokers.to_owned(),
-            topic: topic.to_owned(),
-            group: "stream-stats".to_owned(),
             kafka_config,
+            ..settings(&stats.url, brokers, topic, Delivery::AtLeastOnce)
         };
+        Self::spawn(stats, settings)
+    }
+
+    pub(crate) fn spawn(stats: &TestDb, settings: Settings) -> Self {
         let pool = stats.pool.clone();
         let (sender, progress) = watch::channel(Progress::default());
         let shutdown = CancellationToken::new();
@@ -66,7 +67,7 @@ impl StatsConsumer {
         }
     }
 
-    fn progress(&self) -> Progress {
+    pub(crate) fn progress(&self) -> Progress {
         *self.progress.borrow()
     }
 
@@ -86,15 +87,35 @@ impl StatsConsumer {
     }
 }
 
+/// The consumer's settings as the tests use them: the default group, no
+/// librdkafka settings.
+pub(crate) fn settings(
+    database_url: &str,
+    brokers: &str,
+    topic: &str,
+    delivery: Delivery,
+) -> Settings {
+    Settings {
+        database_url: database_url.to_owned(),
+        brokers: brokers.to_owned(),
+        topic: topic.to_owned(),
+        group: "stream-stats".to_owned(),
+        delivery,
+        kafka_config: Vec::new(),
+    }
+}
+
 /// The consumer's whole state, exactly.
 #[derive(Debug, PartialEq)]
 pub(crate) struct StatsState {
-    inbox: i64,
+    /// Rows of the inbox table: one per event with at-least-once delivery,
+    /// none with exactly-once.
+    pub(crate) inbox: i64,
     categories: Vec<(String, i64, i64, i64, f64)>,
     streams: Vec<(Uuid, String, String, Option<f64>)>,
 }
 
-async fn stats_state(stats: &PgPool) -> StatsState {
+pub(crate) async fn stats_state(stats: &PgPool) -> StatsState {
     StatsState {
         inbox: sqlx::query_scalar("select count(*) from inbox")
             .fetch_one(stats)
@@ -116,7 +137,7 @@ async fn stats_state(stats: &PgPool) -> StatsState {
     }
 }
 
-async fn event_count(db: &TestDb) -> i64 {
+pub(crate) async fn event_count(db: &TestDb) -> i64 {
     sqlx::query_scalar("select count(*) from event_log")
         .fetch_one(&db.pool)
         .await
@@ -209,6 +230,20 @@ pub(crate) async fn assert_matches_the_service(db: &TestDb, stats: &TestDb) {
             "stream {stream}: {got} vs {seconds}"
         );
     }
+}
+
+/// After a full replay: the state is as it was before, and still the service's.
+pub(crate) async fn assert_unchanged_by_the_replay(
+    db: &TestDb,
+    stats: &TestDb,
+    before: &StatsState,
+) {
+    assert_eq!(
+        &stats_state(&stats.pool).await,
+        before,
+        "the replay changed the state"
+    );
+    assert_matches_the_service(db, stats).await;
 }
 
 fn schema(event_type: &str) -> jsonschema::Validator {
@@ -315,12 +350,7 @@ async fn state_matches_the_service_and_a_full_replay_changes_nothing() {
         progress.applied, events as u64,
         "a replayed event was applied again"
     );
-    assert_eq!(
-        stats_state(&stats.pool).await,
-        before,
-        "the replay changed the state"
-    );
-    assert_matches_the_service(&db, &stats).await;
+    assert_unchanged_by_the_replay(&db, &stats, &before).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,6 +140,30 @@ impl TopicReader {
         (records, expected.len())
     }
 
+    /// Reads until each partition's records up to `offsets[partition]`
+    /// (exclusive) have arrived, given that the one just before it is a
+    /// record (not a transaction marker), as a consumer's next offset is.
+    pub async fn read_below(&mut self, offsets: &HashMap<i32, i64>, timeout: Duration) {
+        let started = std::time::Instant::now();
+        loop {
+            let arrived = offsets.iter().all(|(partition, next)| {
+                *next == 0
+                    || self
+                        .records
+                        .iter()
+                        .any(|r| r.partition == *partition && r.offset + 1 >= *next)
+            });
+            if arrived {
+                return;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "the records below {offsets:?} did not arrive within {timeout:?}"
+            );
+            self.poll_for(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Reads for a fixed time: to show that nothing (more) arrives.
     pub async fn read_for(&mut self, duration: Duration) -> &[Record] {
         self.poll_for(duration).await;
