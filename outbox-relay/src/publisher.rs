@@ -343,30 +343,40 @@ impl Publisher {
         Ok(true)
     }
 
-    /// Ends the open transaction: sends the cursor record (`key`, `value`) to
-    /// the offsets topic, if given and not sent yet, and commits. Everything
-    /// sent since the transaction began becomes visible to `read_committed`
-    /// consumers at once, with the cursor, or none of it does.
+    /// Adds the cursor record (`key`, `value`) to the open transaction, on the
+    /// offsets topic, unless one was added already. Sent before the batches'
+    /// acks are awaited, its round trip overlaps theirs.
+    pub fn send_cursor(&mut self, key: &str, value: &[u8]) -> Result<(), PublishError> {
+        let (Some(live), Some(txn)) = (&self.live, self.txn.as_mut()) else {
+            return Ok(());
+        };
+        if txn.cursor_sent {
+            return Ok(());
+        }
+        let offsets_topic = &self.transactional.as_ref().expect("open txn").offsets_topic;
+        let record = rdkafka::producer::FutureRecord::to(offsets_topic)
+            .key(key)
+            .payload(value);
+        if let Err((err, _)) = live.producer.send_result(record) {
+            self.discard();
+            return Err(PublishError::Enqueue(err));
+        }
+        txn.cursor_sent = true;
+        Ok(())
+    }
+
+    /// Commits the open transaction: everything sent since it began (with the
+    /// cursor record, if [`Self::send_cursor`] added one) becomes visible to
+    /// `read_committed` consumers at once, or none of it does.
     ///
     /// A commit that ran out of time ([`PublishError::Timeout`]) keeps the
     /// transaction: call again. One the broker refused is aborted (the
     /// producer is kept when the abort succeeds); a fatal error (fencing: a
     /// newer leader's producer) discards the producer.
-    pub async fn commit(&mut self, cursor: Option<(&str, Vec<u8>)>) -> Result<(), PublishError> {
-        let (Some(live), Some(txn)) = (&self.live, self.txn.as_mut()) else {
+    pub async fn commit(&mut self) -> Result<(), PublishError> {
+        let (Some(live), Some(_)) = (&self.live, &self.txn) else {
             return Ok(());
         };
-        if let Some((key, value)) = cursor.filter(|_| !txn.cursor_sent) {
-            let offsets_topic = &self.transactional.as_ref().expect("open txn").offsets_topic;
-            let record = rdkafka::producer::FutureRecord::to(offsets_topic)
-                .key(key)
-                .payload(&value);
-            if let Err((err, _)) = live.producer.send_result(record) {
-                self.discard();
-                return Err(PublishError::Enqueue(err));
-            }
-            txn.cursor_sent = true;
-        }
         let producer = live.producer.clone();
         let timeout = self.delivery_timeout;
         let committed = tokio::task::spawn_blocking(move || producer.commit_transaction(timeout))
@@ -433,7 +443,7 @@ impl Publisher {
         let mut sent = self.send(events).await?;
         let mut result = self.acked(&mut sent).await;
         if result.is_ok() && self.is_transactional() {
-            result = self.commit(None).await.map(|()| sent.elapsed());
+            result = self.commit().await.map(|()| sent.elapsed());
         }
         if result.is_err() {
             // Its caller resends from its own progress: nothing may be kept.

@@ -51,6 +51,14 @@ struct Failed {
 
 type Attempt = Result<(), Failed>;
 
+/// An attempt that failed on what was in flight (no unsent batch).
+fn failed(error: PublishError) -> Result<Attempt, RelayError> {
+    Ok(Err(Failed {
+        error,
+        unsent: None,
+    }))
+}
+
 /// How a wait between reads ended.
 enum Waited {
     Ready,
@@ -139,9 +147,10 @@ impl<'r> Leadership<'r> {
         let isolating = self.isolating();
         // Settle the oldest batch before sending more when the window is
         // full; when the producer lost its connection (every batch on it will
-        // fail); and before the periodic check, so that the stored checkpoint
-        // is then exactly what this relay wrote and a reset is not mistaken
-        // for it.
+        // fail); after a missed deadline or while isolating a refused record;
+        // and when the periodic check is overdue (it needs an empty window:
+        // the stored checkpoint is then exactly what this relay wrote, so a
+        // reset is not mistaken for it).
         let settle_first = check_overdue
             || self.window.is_full()
             || (!self.window.is_empty()
@@ -354,29 +363,23 @@ impl<'r> Leadership<'r> {
         if self.window.is_empty() {
             return Ok(Ok(()));
         }
-        for sent in self.window.sent_mut() {
-            let acked = acked_while_leading(&mut self.lock, &mut self.relay.publisher, sent);
-            if let Err(error) = acked.await? {
-                return Ok(Err(Failed {
-                    error,
-                    unsent: None,
-                }));
-            }
-        }
         let end = self.window.read_ahead(self.checkpoints.acked());
         let cursor = Cursor::new(end, self.system_identifier);
         let name = self.relay.settings.name.clone();
+        // The cursor joins the transaction first: its round trip (and the
+        // offsets topic's joining the transaction) overlaps the batches' acks.
+        if let Err(error) = self.relay.publisher.send_cursor(&name, &cursor.to_json()) {
+            return failed(error);
+        }
+        for sent in self.window.sent_mut() {
+            let acked = acked_while_leading(&mut self.lock, &mut self.relay.publisher, sent);
+            if let Err(error) = acked.await? {
+                return failed(error);
+            }
+        }
         // Not raced with the lock: a fenced (replaced) producer cannot commit.
-        if let Err(error) = self
-            .relay
-            .publisher
-            .commit(Some((&name, cursor.to_json())))
-            .await
-        {
-            return Ok(Err(Failed {
-                error,
-                unsent: None,
-            }));
+        if let Err(error) = self.relay.publisher.commit().await {
+            return failed(error);
         }
         self.committed = Some(cursor);
         self.relay.metrics.transactions_committed.inc();
@@ -445,10 +448,7 @@ impl<'r> Leadership<'r> {
         let latency = match acked {
             Ok(latency) => latency,
             Err(error) => {
-                return Ok(Err(Failed {
-                    error,
-                    unsent: None,
-                }))
+                return failed(error);
             }
         };
         let batch = self.window.pop_oldest().expect("settled just above");

@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng as _;
 use sqlx::PgPool;
-use stream_stats::consumer::{self, Delivery, Progress, Settings};
-use tokio_util::sync::CancellationToken;
+use stream_stats::consumer::{Delivery, Progress, Settings};
 
 use crate::exactly_once::exactly_once;
 use crate::harness::api::Api;
@@ -31,10 +30,6 @@ use crate::stream_stats::{
     assert_matches_the_service, assert_unchanged_by_the_replay, event_count, settings, stats_state,
     StatsConsumer,
 };
-
-/// The consumer's process: this test binary again, running only
-/// [`stats_consumer_process`].
-const CHILD_TEST: &str = "stream_stats_exactly_once::stats_consumer_process";
 
 /// The consumer's settings here. A short session (the broker's minimum), so
 /// that the group hands a SIGKILLed member's partitions to its successor in
@@ -51,8 +46,10 @@ fn exactly_once_settings(database_url: &str, broker_bootstrap: &str, topic: &str
     }
 }
 
-/// `consumer::run` in a process of its own, so that a kill is a SIGKILL: no
-/// destructor runs, no group is left, the database sees a dropped socket.
+/// The consumer's process: the example's own `stream-stats` binary, so that
+/// a kill is a SIGKILL (no destructor runs, no group is left, the database
+/// sees a dropped socket), with the settings [`exactly_once_settings`] gives
+/// the in-process runs.
 struct ConsumerProcess {
     process: testkit::Process,
     log: PathBuf,
@@ -61,42 +58,51 @@ struct ConsumerProcess {
 impl ConsumerProcess {
     fn spawn(stats: &TestDb, broker: &Broker) -> Self {
         let log = scratch_dir("stream-stats").join("stream-stats.log");
-        let mut command = Command::new(std::env::current_exe().expect("the test binary"));
+        let settings = exactly_once_settings(&stats.url, &broker.bootstrap(), broker.topic());
+        let mut command = Command::new(stream_stats_binary());
         command
-            .args([CHILD_TEST, "--exact", "--ignored", "--nocapture"])
-            .env("STATS_DATABASE_URL", &stats.url)
-            .env("KAFKA_BROKERS", broker.bootstrap())
-            .env("STATS_TOPIC", broker.topic());
-        let process = testkit::Process::spawn(command, &log, "the test binary itself")
-            .expect("start the consumer process");
+            .env("STATS_DATABASE_URL", &settings.database_url)
+            .env("KAFKA_BROKERS", &settings.brokers)
+            .env("STATS_TOPIC", &settings.topic)
+            .env("STATS_GROUP", &settings.group)
+            .env("STATS_DELIVERY", "exactly-once");
+        for (key, value) in &settings.kafka_config {
+            command.arg("--kafka-config").arg(format!("{key}={value}"));
+        }
+        let process = testkit::Process::spawn(command, &log, "cargo builds it for this test")
+            .expect("start stream-stats");
         Self { process, log }
     }
 }
 
-#[tokio::test]
-#[ignore = "the consumer process of the test below, which starts it"]
-async fn stats_consumer_process() {
-    // Run by hand with `--ignored`: nothing to do.
-    let Ok(database_url) = std::env::var("STATS_DATABASE_URL") else {
-        return;
-    };
-    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is set"));
-    let settings = exactly_once_settings(&database_url, &var("KAFKA_BROKERS"), &var("STATS_TOPIC"));
-    let pool = PgPool::connect(&database_url)
-        .await
-        .expect("stats database");
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        let kind = tokio::signal::unix::SignalKind::terminate();
-        let mut term = tokio::signal::unix::signal(kind).expect("SIGTERM handler");
-        term.recv().await;
-        stop.cancel();
-    });
-    let progress = consumer::run(&settings, &pool, shutdown, |_| {})
-        .await
-        .expect("the consumer ran");
-    println!("stopped: {progress:?}");
+/// `stream-stats`, built by cargo for this test (a binary of another package:
+/// cargo gives integration tests only their own package's binaries). Built
+/// once per test run, in the same target directory and profile.
+fn stream_stats_binary() -> PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let mut build = Command::new(env!("CARGO"));
+            build
+                .args(["build", "-p", "stream-stats", "--bin", "stream-stats"])
+                .args(["--message-format", "json-render-diagnostics"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if !cfg!(debug_assertions) {
+                build.arg("--release");
+            }
+            let output = build.output().expect("run cargo build");
+            assert!(
+                output.status.success(),
+                "cargo build -p stream-stats: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+                .expect("cargo names the stream-stats executable")
+        })
+        .clone()
 }
 
 /// The consumer's stored offsets and each stream's version, in one snapshot.
