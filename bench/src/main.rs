@@ -15,7 +15,8 @@
 //! - [`scenarios`]: one module per scenario (1 `commands` + `pgbench`,
 //!   2 `drain`, 3 `latency` + `consumer` + `floor`, 4 `list`, 5 `outage` +
 //!   `old_design` (also a hidden subcommand: the old design as a server),
-//!   6 `memory`, 7 `growth`; 3 also `sql_writer` for rates above HTTP's).
+//!   6 `memory`, 7 `growth`; 3 also `sql_writer` for rates above HTTP's;
+//!   2 and 3 `batching`: how the relay batched and committed, from its metrics).
 //! - [`report`]: the table, and the generated block of `BENCHMARKS.md`.
 //! - [`machine`]: cores, memory, versions, commit.
 

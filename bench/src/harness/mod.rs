@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 pub use broker::Broker;
 pub use db::ScratchDb;
-pub use process::{ApiProcess, RelayProcess};
+pub use process::{ApiProcess, Delivery, RelayProcess};
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 

@@ -143,6 +143,32 @@ impl ApiProcess {
     }
 }
 
+/// The relay's `RELAY_DELIVERY`: the bench runs both modes side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Delivery {
+    AtLeastOnce,
+    /// A transactional producer; only a `read_committed` consumer sees its
+    /// records, each window's at once when its transaction commits.
+    ExactlyOnce,
+}
+
+impl Delivery {
+    /// The env vars that select the mode (none for the default).
+    pub fn env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Delivery::AtLeastOnce => &[],
+            Delivery::ExactlyOnce => &[("RELAY_DELIVERY", "exactly-once")],
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Delivery::AtLeastOnce => "at-least-once",
+            Delivery::ExactlyOnce => "exactly-once",
+        }
+    }
+}
+
 /// `outbox-relay run` (release build).
 pub struct RelayProcess {
     service: Service,

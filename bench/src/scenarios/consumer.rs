@@ -53,6 +53,9 @@ impl Arrivals {
             .set("fetch.wait.max.ms", FETCH_WAIT_MS)
             .set("fetch.min.bytes", "1")
             .set("fetch.error.backoff.ms", "10")
+            // librdkafka's default, said out loud: the exactly-once legs'
+            // records are shown only once their transaction commits.
+            .set("isolation.level", "read_committed")
             .create()?;
         let mut assignment = TopicPartitionList::new();
         for partition in 0..PARTITIONS {

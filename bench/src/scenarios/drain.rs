@@ -1,9 +1,11 @@
-//! Scenario 2: the relay draining a pre-loaded backlog to the broker, against
+//! Scenario 2: the relay draining a pre-loaded backlog to the broker, in each
+//! delivery mode (at least once; exactly once, since issue 15), against
 //! an rdkafka producer sending the very same records (built by the relay's own
 //! `record_parts`, with the relay's producer settings) straight to the same
 //! broker. Both are timed after their warm-up: the relay from its first
 //! checkpoint to its last, the producer from its first send to its last ack.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -17,10 +19,11 @@ use outbox_relay::event::{OutboxEvent, RecordParts};
 use outbox_relay::publisher::PRODUCER_DEFAULTS;
 
 use crate::cpu::{Meter, Source, Spent};
-use crate::harness::{Broker, RelayProcess, ScratchDb, TOPIC};
+use crate::harness::{Broker, Delivery, RelayProcess, ScratchDb, TOPIC};
 use crate::report::{list, thousands, Figure};
 use crate::stats::{median, ratios};
 
+use super::batching::Batching;
 use super::Ctx;
 
 /// The relay's default `ce_source`, so the records are byte-for-byte the same.
@@ -37,76 +40,150 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
 
     // The broker's JVM compiles its hot paths over the first records it takes:
     // one unmeasured leg of each kind keeps that out of whichever comes first.
-    relay_drain(db, &broker, "drain-warm-up").await?;
+    for delivery in DELIVERIES {
+        relay_drain(
+            db,
+            &broker,
+            &format!("drain-warm-up-{}", delivery.label()),
+            delivery,
+        )
+        .await?;
+    }
     raw_produce(&broker, &records).await?;
 
-    let (mut relay_legs, mut raw_legs) = (vec![], vec![]);
+    let (mut relay_legs, mut eos_legs, mut raw_legs) = (vec![], vec![], vec![]);
     let mut retries = 0.0;
+    let mut batching: HashMap<Delivery, Batching> = HashMap::new();
     for rep in 0..ctx.plan.drain_reps {
-        let relay_first = rep % 2 == 0;
-        for leg in [relay_first, !relay_first] {
-            if leg {
-                let name = format!("drain-{rep}");
-                let (leg, leg_retries, peak) = relay_drain(db, &broker, &name).await?;
-                relay_legs.push(leg);
-                retries += leg_retries;
-                if let Some(peak) = peak {
-                    ctx.memory
-                        .relay
-                        .push((format!("scenario 2 (drain of {events} events)"), peak));
-                }
-            } else {
+        // A relay in each mode, then the raw producer (`None`); reversed on
+        // odd reps, so each pair of kinds alternates which goes first.
+        let mut order = [
+            Some(Delivery::AtLeastOnce),
+            Some(Delivery::ExactlyOnce),
+            None,
+        ];
+        if rep % 2 == 1 {
+            order.reverse();
+        }
+        for leg in order {
+            let Some(delivery) = leg else {
                 raw_legs.push(raw_produce(&broker, &records).await?);
+                continue;
+            };
+            let (name, legs, label) = match delivery {
+                Delivery::AtLeastOnce => (format!("drain-{rep}"), &mut relay_legs, ""),
+                Delivery::ExactlyOnce => {
+                    (format!("drain-eos-{rep}"), &mut eos_legs, "exactly-once ")
+                }
+            };
+            let run = relay_drain(db, &broker, &name, delivery).await?;
+            println!(
+                "    {} relay: {}",
+                delivery.label(),
+                run.batching.describe()
+            );
+            legs.push(run.leg);
+            retries += run.retries;
+            batching.entry(delivery).or_default().add(run.batching);
+            if let Some(peak) = run.peak {
+                ctx.memory.relay.push((
+                    format!("scenario 2 ({label}drain of {events} events)"),
+                    peak,
+                ));
             }
         }
         println!(
-            "  rep {}: relay {:.0} events/s, raw producer {:.0} events/s",
+            "  rep {}: relay {:.0} events/s, exactly-once relay {:.0} events/s, raw producer {:.0} events/s",
             rep + 1,
             relay_legs[rep].rate(),
+            eos_legs[rep].rate(),
             raw_legs[rep].rate()
         );
         println!(
-            "    CPU ms per 1,000 events: relay leg {}; raw leg {}",
+            "    CPU ms per 1,000 events: relay leg {}; exactly-once leg {}; raw leg {}",
             cpu_summary(&relay_legs[rep..=rep]),
+            cpu_summary(&eos_legs[rep..=rep]),
             cpu_summary(&raw_legs[rep..=rep]),
         );
     }
 
     let relay_rates: Vec<f64> = relay_legs.iter().map(Leg::rate).collect();
+    let eos_rates: Vec<f64> = eos_legs.iter().map(Leg::rate).collect();
     let raw_rates: Vec<f64> = raw_legs.iter().map(Leg::rate).collect();
-    let ratio = median(&ratios(&relay_rates, &raw_rates));
     let quick = if events < 200_000 {
         " (quick mode: fewer than the 200,000 of full mode)"
     } else {
         ""
     };
-    ctx.report.push(
-        Figure::new(
-            "2",
-            format!(
-                "relay drain of {} events vs raw rdkafka producer",
-                thousands(events as f64)
-            ),
-        )
-        .value(format!("{} events/s", thousands(median(&relay_rates))))
-        .baseline(format!("{} events/s raw", thousands(median(&raw_rates))))
-        .ratio(ratio)
-        .goal("≥ 0.7×", ratio >= 0.7),
+    let drained = thousands(events as f64);
+    let (figure, ratio) = versus(
+        format!("relay drain of {drained} events vs raw rdkafka producer"),
+        &relay_rates,
+        &raw_rates,
+        "raw",
     );
+    ctx.report.push(figure.goal("≥ 0.7×", ratio >= 0.7));
+    let (figure, ratio) = versus(
+        format!("exactly-once relay drain of {drained} events vs at-least-once relay"),
+        &eos_rates,
+        &relay_rates,
+        "at least once",
+    );
+    ctx.report
+        .push(figure.goal("≥ 0.7× (issue 15)", ratio >= 0.7));
+    let (figure, _) = versus(
+        format!("exactly-once relay drain of {drained} events vs raw rdkafka producer"),
+        &eos_rates,
+        &raw_rates,
+        "raw",
+    );
+    ctx.report.push(figure);
+    let batched = |delivery| {
+        batching
+            .get(&delivery)
+            .copied()
+            .unwrap_or_default()
+            .describe()
+    };
     ctx.report.note(format!(
         "Scenario 2: {events} events{quick}, mean value {} B plus CloudEvents headers and a traceparent; \
-         {} reps, order alternating; relay defaults (batch 500, delivery timeout 100 ms, linger 0, lz4, \
+         {} reps, order alternating (at-least-once relay, exactly-once relay, raw; reversed on odd reps); relay defaults (batch 500, delivery timeout 100 ms, linger 0, lz4, \
          acks=all, idempotent), fresh relay name per rep, after one unmeasured leg of each kind that warms up the broker; {retries} relay retries in total. \
-         Per-rep ratios: {}. Topic with 3 partitions on a single Apache Kafka node of its own. \
+         Per-rep ratios: at-least-once / raw {}; exactly-once / at-least-once {}; exactly-once / raw {}. \
+         Exactly-once legs: RELAY_DELIVERY=exactly-once (transaction timeout 60 s; one transaction per window of \
+         up to 4 batches, with its cursor record on `<topic>.relay-offsets`): {}; at-least-once legs: {}. \
+         Topic with 3 partitions on a single Apache Kafka node of its own. \
          CPU time per 1,000 events (ms, medians; from /proc, all threads; Postgres = every postgres process): \
-         relay leg: {}; raw leg: {}.",
+         relay leg: {}; exactly-once relay leg: {}; raw leg: {}.",
         bytes / records.len().max(1),
         ctx.plan.drain_reps,
         list(&ratios(&relay_rates, &raw_rates)),
+        list(&ratios(&eos_rates, &relay_rates)),
+        list(&ratios(&eos_rates, &raw_rates)),
+        batched(Delivery::ExactlyOnce),
+        batched(Delivery::AtLeastOnce),
         cpu_summary(&relay_legs),
+        cpu_summary(&eos_legs),
         cpu_summary(&raw_legs),
     ));
     Ok(())
+}
+
+/// The relay's two modes, each drained in every rep.
+const DELIVERIES: [Delivery; 2] = [Delivery::AtLeastOnce, Delivery::ExactlyOnce];
+
+/// One kind of leg against another: median rates, and the median of the
+/// per-rep ratios (returned too, for the goal).
+fn versus(measure: String, rates: &[f64], baseline: &[f64], baseline_label: &str) -> (Figure, f64) {
+    let ratio = median(&ratios(rates, baseline));
+    let figure = Figure::new("2", measure)
+        .value(format!("{} events/s", thousands(median(rates))))
+        .baseline(format!(
+            "{} events/s {baseline_label}",
+            thousands(median(baseline))
+        ))
+        .ratio(ratio);
+    (figure, ratio)
 }
 
 /// Half `stream.started`, half `stream.ended`, with the service's payload shape
@@ -161,15 +238,24 @@ async fn read_back(db: &ScratchDb) -> anyhow::Result<Vec<RecordParts>> {
     Ok(records)
 }
 
-/// Returns the timed leg (with the CPU time the relay, the broker and Postgres
-/// spent while it drained), the relay's retries, and its peak RSS.
+/// One relay leg: the timed leg (with the CPU time the relay, the broker and
+/// Postgres spent while it drained), the relay's retries, how it batched (and
+/// committed, exactly once) and its peak RSS.
+struct RelayRun {
+    leg: Leg,
+    retries: f64,
+    batching: Batching,
+    peak: Option<f64>,
+}
+
 async fn relay_drain(
     db: &ScratchDb,
     broker: &Broker,
     name: &str,
-) -> anyhow::Result<(Leg, f64, Option<f64>)> {
+    delivery: Delivery,
+) -> anyhow::Result<RelayRun> {
     let last = db.last_position().await?;
-    let relay = RelayProcess::spawn(&db.url, &broker.bootstrap(), name, &[]).await?;
+    let relay = RelayProcess::spawn(&db.url, &broker.bootstrap(), name, delivery.env()).await?;
     let timeout = Duration::from_secs(120 + last as u64 / 1_000);
     let (first_at, first) = testkit::eventually(timeout, "the relay's first batch", || async {
         db.checkpoint(name)
@@ -190,6 +276,7 @@ async fn relay_drain(
         .metric("outbox_relay_retries_total")
         .await
         .unwrap_or(0.0);
+    let batching = Batching::read(&relay).await;
     let peak = relay.peak_rss_mb();
     relay.stop().await;
     let leg = Leg {
@@ -197,7 +284,12 @@ async fn relay_drain(
         elapsed,
         spent,
     };
-    Ok((leg, retries, peak))
+    Ok(RelayRun {
+        leg,
+        retries,
+        batching,
+        peak,
+    })
 }
 
 /// Produces every record as fast as the producer takes them, then awaits every

@@ -6,16 +6,21 @@
 //! ([`super::sql_writer`]), LISTEN only. The commit instant is bracketed: the HTTP response arrives just
 //! after it (lower bound, the figure of record) and the event's `ce_time` is
 //! taken just before the transaction (upper bound, shown beside it).
+//!
+//! Since issue 15 the relay also runs in exactly-once mode (LISTEN, every
+//! rate) to a topic of its own, followed by a `read_committed` consumer of its
+//! own, so an open transaction can never hold back the at-least-once legs.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::harness::{ApiProcess, Broker, RelayProcess, ScratchDb, TOPIC};
+use crate::harness::{ApiProcess, Broker, Delivery, RelayProcess, ScratchDb, TOPIC};
 use crate::load::{open_loop, CommandClient, Creator, OpenLoop};
 use crate::plan::Plan;
 use crate::report::{thousands, Figure};
 use crate::stats::{median, ms, Latency};
 
+use super::batching::Batching;
 use super::consumer::{Arrivals, FETCH_WAIT_MS};
 use super::Ctx;
 
@@ -46,8 +51,11 @@ struct Run {
     http: Latency,
 }
 
-/// Per (wake-up, rate index): one run per repetition.
-type Results = HashMap<(Wakeup, usize), Vec<Run>>;
+/// Per (delivery, wake-up, rate index): one run per repetition.
+type Results = HashMap<(Delivery, Wakeup, usize), Vec<Run>>;
+
+/// The exactly-once legs' topic.
+const EOS_TOPIC: &str = "nova.stream-events.exactly-once";
 
 pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
     let plan = ctx.plan.clone();
@@ -59,18 +67,23 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
     let mut creators = Creator::many(&ids, &ctx.jwt_secret);
     let secs = Plan::secs(plan.latency_secs);
 
-    // One topic and one consumer for every leg: Kafka's fetch does not slow
-    // down as a topic grows, and every record's key is unique to its leg.
+    // One topic and one consumer for every at-least-once leg: Kafka's fetch
+    // does not slow down as a topic grows, and every record's key is unique to
+    // its leg. The exactly-once legs have their own (module docs).
     let arrivals = Arrivals::start(&bootstrap, TOPIC)?;
+    broker.create_topic(EOS_TOPIC).await?;
+    let eos_arrivals = Arrivals::start(&bootstrap, EOS_TOPIC)?;
     // The broker's JVM compiles its hot paths over the first seconds of load;
     // an unmeasured floor leg at the top rate keeps that out of the first leg.
     let top_rate = plan.latency_rates[plan.latency_rates.len() - 1];
     super::floor::producer_to_consumer(&bootstrap, TOPIC, &arrivals, top_rate, WARM_UP).await?;
 
     let mut results = Results::new();
+    let mut batching: HashMap<(Delivery, usize), Batching> = HashMap::new();
     let mut floors: HashMap<usize, Vec<Latency>> = HashMap::new();
     let mut acks: HashMap<usize, Vec<Latency>> = HashMap::new();
-    let (mut goal_failures, mut lost_total, mut errors_total) = (0usize, 0usize, 0usize);
+    let mut goal_failures: HashMap<Delivery, usize> = HashMap::new();
+    let (mut lost_total, mut errors_total) = (0usize, 0usize);
     for rep in 0..plan.latency_reps {
         for (i, &rate) in plan.latency_rates.iter().enumerate() {
             let mut floor =
@@ -83,32 +96,47 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
                 acks.entry(i).or_default().push(summary);
             }
         }
-        let mut order = [Wakeup::Listen, Wakeup::PollOnly];
+        let mut order = [
+            (Delivery::AtLeastOnce, Wakeup::Listen),
+            (Delivery::AtLeastOnce, Wakeup::PollOnly),
+            (Delivery::ExactlyOnce, Wakeup::Listen),
+        ];
         if rep % 2 == 1 {
             order.reverse();
         }
-        for wakeup in order {
+        for (delivery, wakeup) in order {
+            // One name for every leg: each resumes where the last one stopped
+            // (exactly once, from the Postgres checkpoint when it is ahead of
+            // Kafka's cursor: docs/relay.md).
+            let (arrivals, topic) = match delivery {
+                Delivery::AtLeastOnce => (&arrivals, TOPIC),
+                Delivery::ExactlyOnce => (&eos_arrivals, EOS_TOPIC),
+            };
+            let mut env = wakeup.env();
+            env.extend_from_slice(delivery.env());
+            env.push(("RELAY_TOPIC", topic));
             for (i, &rate) in plan.latency_rates.iter().enumerate() {
                 let through_api = rate <= plan.latency_http_max_rate;
                 if !through_api && wakeup == Wakeup::PollOnly {
                     continue;
                 }
-                let relay =
-                    RelayProcess::spawn(&db.url, &bootstrap, "latency", &wakeup.env()).await?;
+                let relay = RelayProcess::spawn(&db.url, &bootstrap, "latency", &env).await?;
                 // Warm-up: the relay's first batch waits for a new producer.
                 let warm = open_loop(&client, &mut creators, 50.0, Duration::from_secs(1)).await;
-                collect(&arrivals, &warm, Duration::from_secs(15)).await;
+                collect(arrivals, &warm, Duration::from_secs(15)).await;
+                let before = Batching::read(&relay).await;
                 let mut run = if through_api {
                     open_loop(&client, &mut creators, rate, secs).await
                 } else {
                     super::sql_writer::open_loop(&db.url, rate, secs).await?
                 };
                 let (mut lower, mut upper, lost) =
-                    collect(&arrivals, &run, Duration::from_secs(15)).await;
+                    collect(arrivals, &run, Duration::from_secs(15)).await;
+                let batched = Batching::read(&relay).await.since(before);
                 // The goal is held at the lowest rate with LISTEN; overload
                 // errors at 1,000/s (shed with 503 by design) are reported only.
                 if i == 0 && wakeup == Wakeup::Listen {
-                    goal_failures += lost + run.errors as usize;
+                    *goal_failures.entry(delivery).or_default() += lost + run.errors as usize;
                 }
                 lost_total += lost;
                 errors_total += run.errors as usize;
@@ -117,11 +145,12 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
                     Latency::of(&mut upper),
                     Latency::of(&mut run.latencies),
                 ) else {
-                    anyhow::bail!("no events arrived at {rate}/s ({wakeup:?})");
+                    anyhow::bail!("no events arrived at {rate}/s ({delivery:?}, {wakeup:?})");
                 };
                 println!(
-                    "  rep {} {wakeup:?} @{rate}/s: p50 {:.1}–{:.1} ms, p99 {:.1}–{:.1} ms, max {:.1} ms; HTTP p50 {:.1} / p99 {:.1} ms ({} events, {} HTTP errors, {} lost)",
+                    "  rep {} {} {wakeup:?} @{rate}/s: p50 {:.1}–{:.1} ms, p99 {:.1}–{:.1} ms, max {:.1} ms; HTTP p50 {:.1} / p99 {:.1} ms ({} events, {} HTTP errors, {} lost)",
                     rep + 1,
+                    delivery.label(),
                     ms(lower.p50),
                     ms(upper.p50),
                     ms(lower.p99),
@@ -133,13 +162,21 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
                     run.errors,
                     lost,
                 );
+                println!("    relay: {}", batched.describe());
+                if wakeup == Wakeup::Listen {
+                    batching.entry((delivery, i)).or_default().add(batched);
+                }
                 results
-                    .entry((wakeup, i))
+                    .entry((delivery, wakeup, i))
                     .or_default()
                     .push(Run { lower, upper, http });
                 if let Some(peak) = relay.peak_rss_mb() {
+                    let mode = match delivery {
+                        Delivery::AtLeastOnce => "",
+                        Delivery::ExactlyOnce => "exactly-once, ",
+                    };
                     let label = format!(
-                        "scenario 3 (relay, {wakeup:?}, {} commands/s)",
+                        "scenario 3 (relay, {mode}{wakeup:?}, {} commands/s)",
                         thousands(rate)
                     );
                     ctx.memory.relay.push((label, peak));
@@ -155,8 +192,9 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
     }
     api.stop().await;
 
+    let failures = |delivery| goal_failures.get(&delivery).copied().unwrap_or(0);
     for (i, rate) in plan.latency_rates.iter().enumerate() {
-        let Some(listen) = results.get(&(Wakeup::Listen, i)) else {
+        let Some(listen) = results.get(&(Delivery::AtLeastOnce, Wakeup::Listen, i)) else {
             anyhow::bail!("no latency results at {rate}/s");
         };
         let lower: Vec<Latency> = listen.iter().map(|r| r.lower).collect();
@@ -174,7 +212,7 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
         let value = format!(
             "p50 {p50:.1} / p99 {p99:.1} / max {max:.1} ms (upper bound p50 {up50:.1} / p99 {up99:.1})"
         );
-        if let Some(poll) = results.get(&(Wakeup::PollOnly, i)) {
+        if let Some(poll) = results.get(&(Delivery::AtLeastOnce, Wakeup::PollOnly, i)) {
             let poll: Vec<Latency> = poll.iter().map(|r| r.lower).collect();
             let (poll_p50, poll_p99, _) = summarise(&poll);
             let mut figure = Figure::new(
@@ -192,7 +230,7 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
             if i == 0 {
                 figure = figure.goal(
                     "p50 ≤ 5 ms, p99 ≤ 25 ms",
-                    p50 <= 5.0 && p99 <= 25.0 && goal_failures == 0,
+                    p50 <= 5.0 && p99 <= 25.0 && failures(Delivery::AtLeastOnce) == 0,
                 );
             }
             ctx.report.push(figure);
@@ -218,14 +256,59 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
             }
             ctx.report.push(figure);
         }
+        if let Some(eos) = results.get(&(Delivery::ExactlyOnce, Wakeup::Listen, i)) {
+            let lower: Vec<Latency> = eos.iter().map(|r| r.lower).collect();
+            let upper: Vec<Latency> = eos.iter().map(|r| r.upper).collect();
+            let (eos50, eos99, eos_max) = summarise(&lower);
+            let (up50, up99, _) = summarise(&upper);
+            let floor = floors.get(&i).map_or(String::new(), |floor| {
+                format!("; floor p99 {:.1} ms", summarise(floor).1)
+            });
+            let mut figure = Figure::new(
+                "3",
+                format!(
+                    "commit→consumer at {}/s ({writer}), exactly-once relay (LISTEN, read_committed) vs at-least-once (p99)",
+                    thousands(*rate)
+                ),
+            )
+            .value(format!(
+                "p50 {eos50:.1} / p99 {eos99:.1} / max {eos_max:.1} ms (upper bound p50 {up50:.1} / p99 {up99:.1})"
+            ))
+            .baseline(format!("at least once p50 {p50:.1} / p99 {p99:.1} ms{floor}"))
+            .ratio(eos99 / p99);
+            if i == 0 {
+                figure = figure.goal(
+                    "p99 ≤ 25 ms (issue 15)",
+                    eos99 <= 25.0 && failures(Delivery::ExactlyOnce) == 0,
+                );
+            }
+            ctx.report.push(figure);
+        }
     }
+    let batched: Vec<String> = plan
+        .latency_rates
+        .iter()
+        .enumerate()
+        .flat_map(|(i, rate)| {
+            [Delivery::AtLeastOnce, Delivery::ExactlyOnce].map(|delivery| {
+                let counted = batching.get(&(delivery, i))?;
+                Some(format!(
+                    "{} at {}/s: {}",
+                    delivery.label(),
+                    thousands(*rate),
+                    counted.describe()
+                ))
+            })
+        })
+        .flatten()
+        .collect();
     ctx.report.note(format!(
         "Scenario 3: open-loop load for {} s per rate, {} rep(s), after {} s of unmeasured floor \
          load at the top rate to warm up the broker; each relay leg (LISTEN and poll-only, per rate) \
          with a new relay process (LISTEN first on odd reps). Up to {} events/s the events come \
          from HTTP commands; above, from a SQL writer (one transaction a millisecond holding \
          rate/1,000 events, 16 connections, then the API's own post-commit wake-up; commit \
-         instant = when the statement returns; LISTEN only), all legs on one topic followed by one \
+         instant = when the statement returns; LISTEN only), all at-least-once legs on one topic followed by one \
          consumer. Latency = consumer receipt − HTTP response: a lower bound, short \
          of the commit by the response's write when the API keeps up; the upper bound counts from the \
          event's `ce_time`, taken before the transaction, so it includes the transaction. Consumer: \
@@ -235,11 +318,16 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
          broker, send → consumer receipt. Poll-only relay: default \
          RELAY_POLL_INTERVAL=1s. Commands that failed over HTTP (shed or timed out; they \
          count against the goal only at 200/s with LISTEN): {errors_total}. Events the API \
-         accepted that never reached the consumer: {lost_total}.",
+         accepted that never reached the consumer: {lost_total}. Exactly-once legs (issue 15): \
+         RELAY_DELIVERY=exactly-once, LISTEN, every rate, after the at-least-once legs (before them \
+         on odd reps), to a topic of their own followed by a consumer of their own; both consumers \
+         read with isolation.level=read_committed. How the relay batched (LISTEN legs, measured \
+         part, from its /metrics): {}.",
         plan.latency_secs,
         plan.latency_reps,
         WARM_UP.as_secs(),
         thousands(plan.latency_http_max_rate),
+        batched.join("; "),
     ));
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! scenario needs (the pgbench scripts, the old inline-publish design, the
 //! latency consumer).
 
+pub mod batching;
 pub mod commands;
 pub mod consumer;
 pub mod drain;
