@@ -253,9 +253,16 @@ pub struct Publisher {
     txn: Option<OpenTxn>,
 }
 
-#[derive(Debug, Clone, Copy)]
 struct OpenTxn {
-    cursor_sent: bool,
+    cursor: CursorRecord,
+}
+
+/// The open transaction's cursor record.
+enum CursorRecord {
+    NotSent,
+    /// Sent by [`Publisher::send_cursor`]; its delivery awaited at commit.
+    Sent(DeliveryFuture),
+    Acked,
 }
 
 impl Publisher {
@@ -350,19 +357,23 @@ impl Publisher {
         let (Some(live), Some(txn)) = (&self.live, self.txn.as_mut()) else {
             return Ok(());
         };
-        if txn.cursor_sent {
+        if !matches!(txn.cursor, CursorRecord::NotSent) {
             return Ok(());
         }
         let offsets_topic = &self.transactional.as_ref().expect("open txn").offsets_topic;
         let record = rdkafka::producer::FutureRecord::to(offsets_topic)
             .key(key)
             .payload(value);
-        if let Err((err, _)) = live.producer.send_result(record) {
-            self.discard();
-            return Err(PublishError::Enqueue(err));
+        match live.producer.send_result(record) {
+            Ok(delivery) => {
+                txn.cursor = CursorRecord::Sent(delivery);
+                Ok(())
+            }
+            Err((err, _)) => {
+                self.discard();
+                Err(PublishError::Enqueue(err))
+            }
         }
-        txn.cursor_sent = true;
-        Ok(())
     }
 
     /// Commits the open transaction: everything sent since it began (with the
@@ -374,11 +385,37 @@ impl Publisher {
     /// producer is kept when the abort succeeds); a fatal error (fencing: a
     /// newer leader's producer) discards the producer.
     pub async fn commit(&mut self) -> Result<(), PublishError> {
-        let (Some(live), Some(_)) = (&self.live, &self.txn) else {
+        let timeout = self.delivery_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (Some(live), Some(txn)) = (&self.live, self.txn.as_mut()) else {
             return Ok(());
         };
+        // rdkafka's `commit_transaction` flushes first, and while anything is
+        // outstanding its flush waits up to 100 ms for a delivery report that
+        // the FutureProducer's own polling thread takes instead: ~100 ms per
+        // commit. So the commit waits until nothing is outstanding: the
+        // cursor's ack, then librdkafka's queue (delivery reports served).
+        if let CursorRecord::Sent(cursor) = &mut txn.cursor {
+            match tokio::time::timeout_at(deadline, cursor).await {
+                Ok(Ok(Ok(_))) => txn.cursor = CursorRecord::Acked,
+                Ok(Ok(Err((err, _)))) => {
+                    self.discard();
+                    return Err(PublishError::Delivery(err));
+                }
+                Ok(Err(_)) => {
+                    self.discard();
+                    return Err(PublishError::Canceled);
+                }
+                Err(_) => return Err(PublishError::Timeout(timeout)),
+            }
+        }
+        while live.producer.in_flight_count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(PublishError::Timeout(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let producer = live.producer.clone();
-        let timeout = self.delivery_timeout;
         let committed = tokio::task::spawn_blocking(move || producer.commit_transaction(timeout))
             .await
             .unwrap_or(Err(KafkaError::Canceled));
@@ -618,7 +655,9 @@ impl Publisher {
             live.producer
                 .begin_transaction()
                 .map_err(PublishError::Transaction)?;
-            self.txn = Some(OpenTxn { cursor_sent: false });
+            self.txn = Some(OpenTxn {
+                cursor: CursorRecord::NotSent,
+            });
         }
         // Enqueue the whole batch before awaiting anything: one round trip per
         // batch (per partition), not per event.
