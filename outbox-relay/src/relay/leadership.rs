@@ -25,7 +25,7 @@ use crate::reader::Reader;
 use crate::restore;
 
 use super::checkpoints::Checkpoints;
-use super::in_flight::InFlight;
+use super::in_flight::{Batch, InFlight};
 use super::{Relay, RelayError};
 
 /// How soon to read again while committed events wait behind the horizon.
@@ -34,6 +34,14 @@ const HELD_BACK_RECHECK: Duration = Duration::from_millis(20);
 /// Poll intervals after which the periodic check no longer waits for the
 /// window to empty by itself.
 const CHECK_OVERDUE_POLLS: u32 = 10;
+
+/// Exactly once, during a drain: a transaction grows past one window, and is
+/// committed once it carries this many events or is this old, whichever comes
+/// first (or at once when caught up). A commit costs a few round trips with
+/// nothing in flight, so it is paid per many windows; a `read_committed`
+/// consumer sees a drain's records at most this late.
+const TXN_MAX_EVENTS: usize = 10_000;
+const TXN_MAX_AGE: Duration = Duration::from_millis(100);
 
 /// Whether to take another step.
 pub enum Step {
@@ -86,6 +94,9 @@ pub struct Leadership<'r> {
     last_check: Instant,
     /// Exactly-once: the last cursor committed in Kafka, as far as known.
     committed: Option<Cursor>,
+    /// Exactly-once: batches of the open transaction already acknowledged,
+    /// out of the window so that more can be sent; committed with it.
+    acked_in_txn: Vec<Batch>,
 }
 
 impl<'r> Leadership<'r> {
@@ -114,6 +125,7 @@ impl<'r> Leadership<'r> {
             isolate_through: None,
             last_check: Instant::now(),
             committed: None,
+            acked_in_txn: Vec::new(),
             lock,
             relay,
         }))
@@ -128,14 +140,14 @@ impl<'r> Leadership<'r> {
         }
         let poll = self.relay.settings.poll_interval;
         let since_check = self.last_check.elapsed();
-        if since_check >= poll && self.window.is_empty() {
+        if since_check >= poll && self.nothing_in_flight() {
             return self.periodic_check(shutdown).await;
         }
         // The check waits for the window to empty by itself, as it does between
         // bursts; only a drain that never lets it empty is held for it, so the
         // check never stalls events arriving at a steady rate.
         let check_overdue = since_check >= poll * CHECK_OVERDUE_POLLS;
-        if self.exactly_once() && self.window.is_empty() && !self.relay.publisher.is_ready() {
+        if self.exactly_once() && self.nothing_in_flight() && !self.relay.publisher.is_ready() {
             if let Err(error) = self.prepare_transactions().await? {
                 let failed = Failed {
                     error,
@@ -153,7 +165,7 @@ impl<'r> Leadership<'r> {
         // reset is not mistaken for it).
         let settle_first = check_overdue
             || self.window.is_full()
-            || (!self.window.is_empty()
+            || (!self.nothing_in_flight()
                 && (self.recovering || isolating || self.relay.publisher.is_stale()));
         let attempt = if settle_first {
             self.settle().await?
@@ -162,7 +174,7 @@ impl<'r> Leadership<'r> {
                 Some(batch) => self.send(batch).await?,
                 // Caught up with batches in flight: settle the oldest, unless
                 // a commit wakes the relay first (then read and send it now).
-                None if !self.window.is_empty() => self.settle_or_wake().await?,
+                None if !self.nothing_in_flight() => self.settle_or_wake().await?,
                 None => return self.idle(shutdown).await,
             }
         };
@@ -199,11 +211,26 @@ impl<'r> Leadership<'r> {
         Ok(Step::Continue)
     }
 
+    /// No batch in flight, and (exactly once) no transaction holding
+    /// acknowledged batches: the state the periodic check and an idle wait
+    /// need.
+    fn nothing_in_flight(&self) -> bool {
+        self.window.is_empty() && self.acked_in_txn.is_empty()
+    }
+
+    /// Where the next read starts: after the newest batch sent (in flight, or
+    /// acknowledged in the open transaction), else after the checkpoint.
+    fn read_cursor(&self) -> Checkpoint {
+        let base = self
+            .acked_in_txn
+            .last()
+            .map_or(self.checkpoints.acked(), Batch::end);
+        self.window.read_ahead(base)
+    }
+
     fn isolating(&mut self) -> bool {
-        let acked = self.checkpoints.acked();
-        let isolating = self
-            .isolate_through
-            .is_some_and(|end| self.window.read_ahead(acked) < end);
+        let cursor = self.read_cursor();
+        let isolating = self.isolate_through.is_some_and(|end| cursor < end);
         if !isolating {
             self.isolate_through = None;
         }
@@ -216,7 +243,7 @@ impl<'r> Leadership<'r> {
         &mut self,
         isolating: bool,
     ) -> Result<Option<Vec<OutboxEvent>>, RelayError> {
-        let after = self.window.read_ahead(self.checkpoints.acked());
+        let after = self.read_cursor();
         let mut batch = self.reader.next(after).await.map_err(RelayError::Read)?;
         if isolating && batch.len() > 1 {
             batch.truncate(1);
@@ -273,14 +300,40 @@ impl<'r> Leadership<'r> {
         self.relay.publisher.is_transactional()
     }
 
-    /// Settles what is in flight: the oldest batch (at least once), or the
-    /// whole window in one transaction (exactly once).
+    /// Settles what is in flight: the oldest batch (at least once); exactly
+    /// once, the open transaction, or only the oldest batch's acks while the
+    /// window is full and the transaction may still grow.
     async fn settle(&mut self) -> Result<Attempt, RelayError> {
-        if self.exactly_once() {
-            self.commit_window().await
-        } else {
-            self.settle_oldest().await
+        if !self.exactly_once() {
+            return self.settle_oldest().await;
         }
+        let in_txn: usize = self.acked_in_txn.iter().map(|b| b.events.len()).sum();
+        let age = self
+            .acked_in_txn
+            .first()
+            .map_or(Duration::ZERO, |b| b.sent.elapsed());
+        if self.window.is_full() && in_txn < TXN_MAX_EVENTS && age < TXN_MAX_AGE {
+            self.ack_oldest_in_txn().await
+        } else {
+            self.commit_window().await
+        }
+    }
+
+    /// Exactly once, the window full mid-drain: awaits the oldest batch's acks
+    /// and moves it out of the window into the open transaction, so the next
+    /// batch can be sent in the same transaction.
+    async fn ack_oldest_in_txn(&mut self) -> Result<Attempt, RelayError> {
+        let Some(oldest) = self.window.oldest_mut() else {
+            return Ok(Ok(()));
+        };
+        let acked =
+            acked_while_leading(&mut self.lock, &mut self.relay.publisher, &mut oldest.sent);
+        if let Err(error) = acked.await? {
+            return failed(error);
+        }
+        let batch = self.window.pop_oldest().expect("acked just above");
+        self.acked_in_txn.push(batch);
+        Ok(Ok(()))
     }
 
     /// Exactly once, with an empty window and no healthy producer: builds one
@@ -351,19 +404,20 @@ impl<'r> Leadership<'r> {
         }
         self.committed = Some(Cursor::new(resume, self.system_identifier));
         self.window.clear();
+        self.acked_in_txn.clear();
         self.reader.forget();
         Ok(())
     }
 
     /// Exactly once: awaits the acks of every batch in the window, then
-    /// commits them in one transaction with the cursor at the window's end,
-    /// and has the Postgres checkpoint follow. Nothing is popped before the
-    /// commit: until then, a failure re-reads the window from the cursor.
+    /// commits the open transaction (those batches and the ones acknowledged
+    /// before) with the cursor at its end, and has the Postgres checkpoint
+    /// follow. Until the commit a failure re-reads all of it from the cursor.
     async fn commit_window(&mut self) -> Result<Attempt, RelayError> {
-        if self.window.is_empty() {
+        if self.nothing_in_flight() {
             return Ok(Ok(()));
         }
-        let end = self.window.read_ahead(self.checkpoints.acked());
+        let end = self.read_cursor();
         let cursor = Cursor::new(end, self.system_identifier);
         let name = self.relay.settings.name.clone();
         // The cursor joins the transaction first: its round trip (and the
@@ -383,7 +437,11 @@ impl<'r> Leadership<'r> {
         }
         self.committed = Some(cursor);
         self.relay.metrics.transactions_committed.inc();
-        while let Some(batch) = self.window.pop_oldest() {
+        let window = std::iter::from_fn(|| self.window.pop_oldest());
+        for batch in std::mem::take(&mut self.acked_in_txn)
+            .into_iter()
+            .chain(window)
+        {
             self.relay
                 .record_success(&batch.events, batch.sent.elapsed());
         }
@@ -484,7 +542,7 @@ impl<'r> Leadership<'r> {
         self.checkpoints
             .flush(&mut self.lock, &self.relay.settings.name)
             .await?;
-        let after = self.window.read_ahead(self.checkpoints.acked());
+        let after = self.read_cursor();
         let held_back = self
             .reader
             .any_held_back(after)
@@ -523,7 +581,7 @@ impl<'r> Leadership<'r> {
                 .and_then(|b| b.last())
                 .map(OutboxEvent::checkpoint)
                 .unwrap_or_default()
-                .max(self.window.read_ahead(self.checkpoints.acked()));
+                .max(self.read_cursor());
             let isolating = self.isolate_through.is_some();
             self.drop_window(unsent.is_some());
             self.recovering = false;
@@ -574,17 +632,19 @@ impl<'r> Leadership<'r> {
     /// Forgets the window after a failure that discarded the producer (and,
     /// exactly once, its transaction): it is read again from the checkpoint.
     fn drop_window(&mut self, with_unsent: bool) {
-        if self.exactly_once() && (with_unsent || !self.window.is_empty()) {
+        let in_txn = with_unsent || !self.nothing_in_flight();
+        if self.exactly_once() && in_txn {
             self.relay.metrics.transactions_abandoned.inc();
         }
         self.window.clear();
+        self.acked_in_txn.clear();
         self.reader.forget();
     }
 
     /// Shutdown: batches in flight are finished and checkpointed, each bounded
     /// by its deadline; a failure ends it (the rest is re-read on restart).
     async fn finish_window(&mut self) -> Result<(), RelayError> {
-        while !self.window.is_empty() {
+        while !self.nothing_in_flight() {
             if let Err(failed) = self.settle().await? {
                 tracing::warn!(error = %failed.error, "batch in flight at shutdown not acknowledged");
                 break;
