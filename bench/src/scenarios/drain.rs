@@ -150,8 +150,9 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
          {} reps, order alternating (at-least-once relay, exactly-once relay, raw; reversed on odd reps); relay defaults (batch 500, delivery timeout 100 ms, linger 0, lz4, \
          acks=all, idempotent), fresh relay name per rep, after one unmeasured leg of each kind that warms up the broker; {retries} relay retries in total. \
          Per-rep ratios: at-least-once / raw {}; exactly-once / at-least-once {}; exactly-once / raw {}. \
-         Exactly-once legs: RELAY_DELIVERY=exactly-once (transaction timeout 60 s; one transaction per window of \
-         up to 4 batches, with its cursor record on `<topic>.relay-offsets`): {}; at-least-once legs: {}. \
+         Exactly-once legs: RELAY_DELIVERY=exactly-once (transaction timeout 60 s; during a drain a transaction \
+         spans windows, committed with its cursor record on `<topic>.relay-offsets` every 10,000 events or 100 ms): \
+         {}; at-least-once legs: {}. \
          Topic with 3 partitions on a single Apache Kafka node of its own. \
          CPU time per 1,000 events (ms, medians; from /proc, all threads; Postgres = every postgres process): \
          relay leg: {}; exactly-once relay leg: {}; raw leg: {}.",
