@@ -278,6 +278,42 @@ impl Publisher {
         on_build: Box<dyn Fn() + Send + Sync>,
     ) -> Result<Self, PublishError> {
         let config = settings.kafka.client_config(PRODUCER_DEFAULTS);
+        Self::checked(config, settings, topic, None, on_build)
+    }
+
+    /// A transactional publisher: every send joins the open transaction (one
+    /// is begun when none is), and [`Self::commit`] ends it. It builds a
+    /// producer only in [`Self::prepare`], never inside a send: after a new
+    /// producer fenced the old ones, the caller must read its cursor again
+    /// before sending.
+    pub fn transactional(
+        settings: &PublishSettings,
+        topic: String,
+        transactional: Transactional,
+        on_build: Box<dyn Fn() + Send + Sync>,
+    ) -> Result<Self, PublishError> {
+        let mut config = settings.kafka.client_config(PRODUCER_DEFAULTS);
+        let timeout_ms = transactional.timeout.as_millis().to_string();
+        config
+            .set("transactional.id", &transactional.id)
+            .set("transaction.timeout.ms", &timeout_ms);
+        // librdkafka refuses a message timeout above the transaction's.
+        if transactional.timeout < Duration::from_secs(30) {
+            config.set("message.timeout.ms", &timeout_ms);
+        }
+        Self::checked(config, settings, topic, Some(transactional), on_build)
+    }
+
+    /// The publisher for `config`, once librdkafka accepted it: it checks the
+    /// settings when a client is created, so one is created here and dropped
+    /// (it connects to nothing before it is used).
+    fn checked(
+        config: ClientConfig,
+        settings: &PublishSettings,
+        topic: String,
+        transactional: Option<Transactional>,
+        on_build: Box<dyn Fn() + Send + Sync>,
+    ) -> Result<Self, PublishError> {
         drop(
             config
                 .create::<BaseProducer>()
@@ -294,40 +330,9 @@ impl Publisher {
             record_limit: None,
             outstanding: 0,
             on_build,
-            transactional: None,
+            transactional,
             txn: None,
         })
-    }
-
-    /// A transactional publisher: every send joins the open transaction (one
-    /// is begun when none is), and [`Self::commit`] ends it. It builds a
-    /// producer only in [`Self::prepare`], never inside a send: after a new
-    /// producer fenced the old ones, the caller must read its cursor again
-    /// before sending.
-    pub fn transactional(
-        settings: &PublishSettings,
-        topic: String,
-        transactional: Transactional,
-        on_build: Box<dyn Fn() + Send + Sync>,
-    ) -> Result<Self, PublishError> {
-        let mut publisher = Self::new(settings, topic, on_build)?;
-        let timeout_ms = transactional.timeout.as_millis().to_string();
-        publisher
-            .config
-            .set("transactional.id", &transactional.id)
-            .set("transaction.timeout.ms", &timeout_ms);
-        // librdkafka refuses a message timeout above the transaction's.
-        if transactional.timeout < Duration::from_secs(30) {
-            publisher.config.set("message.timeout.ms", &timeout_ms);
-        }
-        drop(
-            publisher
-                .config
-                .create::<BaseProducer>()
-                .map_err(PublishError::Config)?,
-        );
-        publisher.transactional = Some(transactional);
-        Ok(publisher)
     }
 
     pub fn is_transactional(&self) -> bool {

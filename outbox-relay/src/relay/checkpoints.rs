@@ -57,6 +57,18 @@ impl Checkpoints {
         }
     }
 
+    /// Records `new` and writes it at once (exactly once: Postgres follows
+    /// each commit).
+    pub async fn write(
+        &mut self,
+        new: StoredCheckpoint,
+        lock: &mut LeaderLock,
+        name: &str,
+    ) -> Result<(), RelayError> {
+        self.record(new, 1);
+        self.flush(lock, name).await
+    }
+
     /// Writes the pending progress (compare-and-set against what was stored)
     /// on the lock connection, so a relay that lost the lock cannot.
     pub async fn flush(&mut self, lock: &mut LeaderLock, name: &str) -> Result<(), RelayError> {

@@ -389,7 +389,8 @@ impl<'r> Leadership<'r> {
         let postgres_at = stored.map(|s| s.checkpoint).unwrap_or_default();
         if kafka.is_some_and(|cursor| cursor.checkpoint() != resume) || resume != postgres_at {
             tracing::info!(kafka = ?kafka, postgres = %postgres_at, %resume,
-                "Kafka's cursor and the Postgres checkpoint differ; resuming from the later one                  (docs/relay.md, exactly once)");
+                "Kafka's cursor and the Postgres checkpoint differ; resuming from the later one \
+                 (docs/relay.md, exactly once)");
         }
         self.checkpoints = Checkpoints::new(stored);
         if resume != postgres_at {
@@ -397,9 +398,8 @@ impl<'r> Leadership<'r> {
                 checkpoint: resume,
                 system_identifier: Some(self.system_identifier),
             };
-            self.checkpoints.record(new, 1);
             self.checkpoints
-                .flush(&mut self.lock, &self.relay.settings.name)
+                .write(new, &mut self.lock, &self.relay.settings.name)
                 .await?;
         }
         self.committed = Some(Cursor::new(resume, self.system_identifier));
@@ -449,8 +449,7 @@ impl<'r> Leadership<'r> {
             checkpoint: end,
             system_identifier: Some(self.system_identifier),
         };
-        self.checkpoints.record(new, 1);
-        self.checkpoints.flush(&mut self.lock, &name).await?;
+        self.checkpoints.write(new, &mut self.lock, &name).await?;
         if std::mem::take(&mut self.first_batch) {
             tracing::info!(checkpoint = %end, "first transaction committed");
         }
