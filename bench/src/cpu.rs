@@ -32,17 +32,33 @@ pub fn of_pid(pid: u32) -> Duration {
 /// background workers). Backends that exit meanwhile take theirs with them, so
 /// take both readings while the connections of interest are open.
 pub fn of_postgres() -> Duration {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Duration::ZERO;
-    };
-    let total: u64 = entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter(|stat| command(stat) == Some("postgres"))
-        .filter_map(|stat| ticks(&stat))
+    let total: u64 = postgres_stats()
+        .iter()
+        .filter_map(|(_, stat)| ticks(stat))
         .sum();
     Duration::from_secs_f64(total as f64 / ticks_per_second())
+}
+
+/// Every `postgres` process: the postmaster, its backends and background workers.
+pub fn postgres_pids() -> Vec<u32> {
+    postgres_stats().into_iter().map(|(pid, _)| pid).collect()
+}
+
+fn postgres_stats() -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            Some((
+                pid,
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?,
+            ))
+        })
+        .filter(|(_, stat)| command(stat) == Some("postgres"))
+        .collect()
 }
 
 /// The command name in `/proc/<pid>/stat`: between the first `(` and the last `)`.
@@ -65,6 +81,7 @@ fn ticks(stat: &str) -> Option<u64> {
 pub struct Host {
     steal: u64,
     total: u64,
+    busy: u64,
 }
 
 impl Host {
@@ -82,7 +99,14 @@ impl Host {
         Some(Self {
             steal: *fields.get(7)?,
             total: fields.iter().take(8).sum(),
+            // Not idle, iowait or steal: CPU time this guest's processes used.
+            busy: fields.iter().take(7).sum::<u64>() - fields.get(3)? - fields.get(4)?,
         })
+    }
+
+    /// CPU time the machine's processes (all cores) have used so far.
+    fn busy(&self) -> Duration {
+        Duration::from_secs_f64(self.busy as f64 / ticks_per_second())
     }
 
     /// The share of all CPU time since `self` that was stolen, in percent.
@@ -102,6 +126,9 @@ pub struct Meter {
 pub enum Source {
     Pid(u32),
     Postgres,
+    /// Every process on the machine: what a part not metered by pid (a
+    /// short-lived child such as pgbench) cost is this minus the parts that are.
+    Machine,
 }
 
 impl Source {
@@ -109,6 +136,7 @@ impl Source {
         match self {
             Source::Pid(pid) => of_pid(pid),
             Source::Postgres => of_postgres(),
+            Source::Machine => Host::now().map_or(Duration::ZERO, |host| host.busy()),
         }
     }
 }
@@ -152,6 +180,38 @@ impl Spent {
 
     pub fn total(&self) -> Duration {
         self.0.iter().map(|(_, d)| *d).sum()
+    }
+}
+
+/// The name every Postgres process's CPU time goes under.
+pub const POSTGRES: &str = "Postgres";
+
+/// One metered leg: how many operations (events, commands) in how long, and
+/// the CPU time each part spent on them.
+pub struct Leg {
+    pub ops: usize,
+    pub elapsed: Duration,
+    pub spent: Spent,
+}
+
+impl Leg {
+    pub fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// CPU microseconds per operation (= milliseconds per 1,000) of `spent`.
+    pub fn micros_per_op(&self, spent: Duration) -> f64 {
+        spent.as_secs_f64() * 1e6 / self.ops.max(1) as f64
+    }
+
+    /// CPU microseconds per operation of `part`, or of all parts.
+    pub fn micros_of(&self, part: Option<&str>) -> f64 {
+        self.micros_per_op(part.map_or_else(|| self.spent.total(), |p| self.spent.get(p)))
+    }
+
+    /// Cores kept busy on average by `spent`.
+    pub fn cores(&self, spent: Duration) -> f64 {
+        spent.as_secs_f64() / self.elapsed.as_secs_f64()
     }
 }
 

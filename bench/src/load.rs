@@ -67,6 +67,11 @@ impl CommandClient {
         }
     }
 
+    /// The client itself, for other requests to the same API.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Starts a stream if the creator has none live, else ends it. After a
     /// failed step the creator's state follows what the API answered: a 409 on
     /// a start names the live stream, a 409 on an end means it ended.

@@ -9,6 +9,7 @@
 //! - [`harness`]: scratch databases, an Apache Kafka node of the bench's own,
 //!   the API and relay as child processes, peak RSS from `/proc`.
 //! - [`cpu`]: CPU time per process of a leg, from `/proc`.
+//! - [`affinity`]: split legs, servers on one core and clients on the other.
 //! - [`load`]: the HTTP load generator (closed and open loop, 127.0.0.1 only).
 //! - [`sqlcount`]: counts SQL round trips from sqlx's tracing events.
 //! - [`stats`]: percentiles, medians, per-repetition ratios.
@@ -20,6 +21,7 @@
 //! - [`report`]: the table, and the generated block of `BENCHMARKS.md`.
 //! - [`machine`]: cores, memory, versions, commit.
 
+mod affinity;
 mod cpu;
 mod harness;
 mod load;

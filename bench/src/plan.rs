@@ -35,6 +35,8 @@ pub struct Plan {
     /// events drained at each size.
     pub growth_sizes: Vec<i64>,
     pub growth_iters: usize,
+    /// Reps of the paired (empty, filled) measures at each size.
+    pub growth_reps: usize,
     pub growth_drain_events: i64,
     /// Scenario 5: offered load, seconds per phase, repetitions of up/down.
     pub outage_rate: f64,
@@ -65,6 +67,7 @@ impl Plan {
                 vec![0, 1_000_000, 10_000_000]
             },
             growth_iters: if quick { 200 } else { 1_000 },
+            growth_reps: if quick { 2 } else { 3 },
             growth_drain_events: if quick { 20_000 } else { 100_000 },
             outage_rate: 200.0,
             outage_secs: if quick { 2.5 } else { 8.0 },

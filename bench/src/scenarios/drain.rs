@@ -18,7 +18,8 @@ use outbox_relay::checkpoint::Checkpoint;
 use outbox_relay::event::{OutboxEvent, RecordParts};
 use outbox_relay::publisher::PRODUCER_DEFAULTS;
 
-use crate::cpu::{Meter, Source, Spent};
+use crate::affinity::Split;
+use crate::cpu::{Leg, Meter, Source, POSTGRES};
 use crate::harness::{Broker, Delivery, RelayProcess, ScratchDb, TOPIC};
 use crate::report::{list, thousands, Figure};
 use crate::stats::{median, ratios};
@@ -52,23 +53,52 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
     raw_produce(&broker, &records).await?;
 
     let (mut relay_legs, mut eos_legs, mut raw_legs) = (vec![], vec![], vec![]);
+    let (mut relay_split, mut raw_split) = (vec![], vec![]);
+    let split = Split::possible();
     let mut retries = 0.0;
     let mut batching: HashMap<Delivery, Batching> = HashMap::new();
     for rep in 0..ctx.plan.drain_reps {
-        // A relay in each mode, then the raw producer (`None`); reversed on
-        // odd reps, so each pair of kinds alternates which goes first.
-        let mut order = [
-            Some(Delivery::AtLeastOnce),
-            Some(Delivery::ExactlyOnce),
-            None,
+        // A relay in each mode, then the raw producer; then both on split
+        // cores; reversed on odd reps, so each pair of kinds alternates which goes first.
+        let mut order = vec![
+            DrainLeg::Relay(Delivery::AtLeastOnce),
+            DrainLeg::Relay(Delivery::ExactlyOnce),
+            DrainLeg::Raw,
         ];
+        if split {
+            order.extend([DrainLeg::RelaySplit, DrainLeg::RawSplit]);
+        }
         if rep % 2 == 1 {
             order.reverse();
         }
         for leg in order {
-            let Some(delivery) = leg else {
-                raw_legs.push(raw_produce(&broker, &records).await?);
-                continue;
+            let delivery = match leg {
+                DrainLeg::Raw => {
+                    raw_legs.push(raw_produce(&broker, &records).await?);
+                    continue;
+                }
+                DrainLeg::RawSplit => {
+                    let pinned = Split::pin(&[broker_pid(&broker)?], &[])?;
+                    let leg = raw_produce(&broker, &records).await;
+                    pinned.undo();
+                    raw_split.push(leg?);
+                    continue;
+                }
+                DrainLeg::RelaySplit => {
+                    // The relay, spawned by this process, inherits its core.
+                    let pinned = Split::pin(&[broker_pid(&broker)?], &[])?;
+                    let run = relay_drain(
+                        db,
+                        &broker,
+                        &format!("drain-split-{rep}"),
+                        Delivery::AtLeastOnce,
+                    )
+                    .await;
+                    pinned.undo();
+                    relay_split.push(run?.leg);
+                    continue;
+                }
+                DrainLeg::Relay(delivery) => delivery,
             };
             let (name, legs, label) = match delivery {
                 Delivery::AtLeastOnce => (format!("drain-{rep}"), &mut relay_legs, ""),
@@ -105,6 +135,13 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
             cpu_summary(&eos_legs[rep..=rep]),
             cpu_summary(&raw_legs[rep..=rep]),
         );
+        if split {
+            println!(
+                "    split cores: relay {:.0} events/s, raw producer {:.0} events/s",
+                relay_split[rep].rate(),
+                raw_split[rep].rate()
+            );
+        }
     }
 
     let relay_rates: Vec<f64> = relay_legs.iter().map(Leg::rate).collect();
@@ -124,6 +161,17 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
     );
     ctx.report
         .push(figure.goal("≥ 0.8× (issue 14)", ratio >= 0.8));
+    let relay_split_rates: Vec<f64> = relay_split.iter().map(Leg::rate).collect();
+    let raw_split_rates: Vec<f64> = raw_split.iter().map(Leg::rate).collect();
+    if split {
+        let (figure, _) = versus(
+            "the same, split cores: Postgres and the broker on core 0, relay vs raw producer on core 1".to_owned(),
+            &relay_split_rates,
+            &raw_split_rates,
+            "raw",
+        );
+        ctx.report.push(figure);
+    }
     let (figure, ratio) = versus(
         format!("exactly-once relay drain of {drained} events vs at-least-once relay"),
         &eos_rates,
@@ -156,7 +204,9 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
          {}; at-least-once legs: {}. \
          Topic with 3 partitions on a single Apache Kafka node of its own. \
          CPU time per 1,000 events (ms, medians; from /proc, all threads; Postgres = every postgres process): \
-         relay leg: {}; exactly-once relay leg: {}; raw leg: {}.",
+         relay leg: {}; exactly-once relay leg: {}; raw leg: {}. Split legs (taskset; at least once): \
+         every Postgres process and the broker on core 0, the relay or the producer on core 1, as if on \
+         machines of their own; per-rep ratios {}; CPU ms per 1,000 events: relay leg {}; raw leg {}.",
         bytes / records.len().max(1),
         ctx.plan.drain_reps,
         list(&ratios(&relay_rates, &raw_rates)),
@@ -167,8 +217,25 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
         cpu_summary(&relay_legs),
         cpu_summary(&eos_legs),
         cpu_summary(&raw_legs),
+        list(&ratios(&relay_split_rates, &raw_split_rates)),
+        cpu_summary(&relay_split),
+        cpu_summary(&raw_split),
     ));
     Ok(())
+}
+
+/// The legs of a rep.
+#[derive(Debug, Clone, Copy)]
+enum DrainLeg {
+    Relay(Delivery),
+    Raw,
+    /// At least once, on split cores ([`Split`]).
+    RelaySplit,
+    RawSplit,
+}
+
+fn broker_pid(broker: &Broker) -> anyhow::Result<u32> {
+    broker.pid().context("the broker is not running")
 }
 
 /// The relay's two modes, each drained in every rep.
@@ -282,7 +349,7 @@ async fn relay_drain(
     let peak = relay.peak_rss_mb();
     relay.stop().await;
     let leg = Leg {
-        events: (last - first) as usize,
+        ops: (last - first) as usize,
         elapsed,
         spent,
     };
@@ -342,7 +409,7 @@ async fn raw_produce(broker: &Broker, records: &[RecordParts]) -> anyhow::Result
     let spent = meter.stop();
     anyhow::ensure!(failed == 0, "raw producer: {failed} deliveries failed");
     Ok(Leg {
-        events: records.len(),
+        ops: records.len(),
         elapsed,
         spent,
     })
@@ -351,7 +418,7 @@ async fn raw_produce(broker: &Broker, records: &[RecordParts]) -> anyhow::Result
 /// Starts metering a leg: the process that produces (`producer`, `pid`),
 /// Postgres and the broker, which [`cpu_summary`] reports in that order.
 fn leg_meter(producer: &'static str, pid: u32, broker: &Broker) -> anyhow::Result<Meter> {
-    let broker_pid = broker.pid().context("the broker is not running")?;
+    let broker_pid = broker_pid(broker)?;
     Ok(Meter::start(&[
         (producer, Source::Pid(pid)),
         (POSTGRES, Source::Postgres),
@@ -362,31 +429,6 @@ fn leg_meter(producer: &'static str, pid: u32, broker: &Broker) -> anyhow::Resul
 const RELAY: &str = "relay";
 const PRODUCER: &str = "producer";
 const BROKER: &str = "broker";
-const POSTGRES: &str = "Postgres";
-
-/// One timed leg: how many events in how long, and the CPU time it took.
-struct Leg {
-    events: usize,
-    elapsed: Duration,
-    spent: Spent,
-}
-
-impl Leg {
-    fn rate(&self) -> f64 {
-        self.events as f64 / self.elapsed.as_secs_f64()
-    }
-
-    /// CPU milliseconds per 1,000 events of `part` (or of all parts).
-    fn ms_per_1k(&self, part: Option<&str>) -> f64 {
-        let spent = part.map_or_else(|| self.spent.total(), |p| self.spent.get(p));
-        spent.as_secs_f64() * 1e6 / self.events.max(1) as f64
-    }
-
-    /// Cores kept busy on average by the parts together.
-    fn cores(&self) -> f64 {
-        self.spent.total().as_secs_f64() / self.elapsed.as_secs_f64()
-    }
-}
 
 /// "relay 1.2, Postgres 0.8, broker 3.4; 5.4 in all, 1.7 cores busy": medians
 /// over the repetitions of CPU ms per 1,000 events.
@@ -395,13 +437,13 @@ fn cpu_summary(legs: &[Leg]) -> String {
     let per_part = parts
         .iter()
         .map(|part| {
-            let ms: Vec<f64> = legs.iter().map(|l| l.ms_per_1k(Some(part))).collect();
+            let ms: Vec<f64> = legs.iter().map(|l| l.micros_of(Some(part))).collect();
             format!("{part} {:.1}", median(&ms))
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let total: Vec<f64> = legs.iter().map(|l| l.ms_per_1k(None)).collect();
-    let cores: Vec<f64> = legs.iter().map(Leg::cores).collect();
+    let total: Vec<f64> = legs.iter().map(|l| l.micros_of(None)).collect();
+    let cores: Vec<f64> = legs.iter().map(|l| l.cores(l.spent.total())).collect();
     format!(
         "{per_part}; {:.1} in all, {:.2} cores busy",
         median(&total),
