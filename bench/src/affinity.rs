@@ -19,6 +19,19 @@ pub struct Split {
 }
 
 impl Split {
+    /// Gives every Postgres process all cores again: a bench killed during a
+    /// split leg (Ctrl-C runs no destructors) leaves the server pinned to one.
+    pub fn reset_postgres() {
+        let Ok(cores) = std::thread::available_parallelism() else {
+            return;
+        };
+        let all = format!("0-{}", cores.get() - 1);
+        for pid in crate::cpu::postgres_pids() {
+            // Another user's process, or one gone meanwhile: nothing to undo.
+            let _ = taskset(pid, &all);
+        }
+    }
+
     /// Whether the machine has the two cores a split leg needs.
     pub fn possible() -> bool {
         std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
@@ -78,6 +91,7 @@ fn taskset(pid: u32, cores: &str) -> anyhow::Result<()> {
     let status = std::process::Command::new("taskset")
         .args(["-a", "-p", "-c", cores, &pid.to_string()])
         .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .status()
         .context("cannot run taskset (util-linux)")?;
     anyhow::ensure!(status.success(), "taskset {cores} {pid}: {status}");

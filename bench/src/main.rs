@@ -126,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let cli = Cli::parse();
     sqlcount::install();
+    affinity::Split::reset_postgres();
     if !cli.no_build {
         build_binaries()?;
     }
