@@ -1,15 +1,19 @@
 //! Scenario 7: does anything get slower as the log grows? The log is kept
-//! forever, so production will hold tens of millions of events. One database
-//! is pre-filled in SQL (`generate_series`) to each size in turn, vacuumed and
-//! analysed as autovacuum would leave it; at each size, with a new relay whose
-//! checkpoint is at the end of the pre-fill, the same measures as on the empty
-//! log:
+//! forever, so production will hold tens of millions of events. Two databases
+//! side by side, each with its own API process and relay: one pre-filled in
+//! SQL (`generate_series`) to each size in turn, vacuumed and analysed as
+//! autovacuum would leave it, then checkpointed; the other empty but for what
+//! the measures write. At each size both get a new relay whose checkpoint is at
+//! the end of the log, and the reps alternate which side goes first, so the
+//! machine's drift falls on both (measured one size after another, minutes
+//! apart, the drift looked like growth). Per side:
 //! - command latency (HTTP, open loop) and commit→consumer (the relay woken by
-//!   the API's NOTIFY, read, produced, fetched) from the same run;
+//!   the API's NOTIFY, read, produced, fetched) from the same run, with
+//!   Postgres's I/O counters around it;
 //! - list latency (`GET /v1/streams`) and catch-up (`GET /v1/events` from the
 //!   start of the log, and from its head);
 //! - the relay's held-back probe (`reader::HELD_BACK_SQL`), timed in SQL;
-//! - drain throughput of a fresh backlog on top of the pre-fill.
+//! - drain throughput of a fresh backlog on top of the log.
 
 use std::time::{Duration, Instant};
 
