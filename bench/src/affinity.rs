@@ -11,8 +11,8 @@ use anyhow::Context as _;
 const SERVERS: &str = "0";
 const CLIENTS: &str = "1";
 
-/// Pins processes for one split leg; [`Split::undo`] gives every one of them
-/// all cores again (as does dropping it, on an early return).
+/// Pins processes for one split leg; dropping it gives every one of them all
+/// cores again, also on an early return.
 pub struct Split {
     pinned: Vec<u32>,
     all: String,
@@ -22,13 +22,8 @@ impl Split {
     /// Gives every Postgres process all cores again: a bench killed during a
     /// split leg (Ctrl-C runs no destructors) leaves the server pinned to one.
     pub fn reset_postgres() {
-        let Ok(cores) = std::thread::available_parallelism() else {
-            return;
-        };
-        let all = format!("0-{}", cores.get() - 1);
-        for pid in crate::cpu::postgres_pids() {
-            // Another user's process, or one gone meanwhile: nothing to undo.
-            let _ = taskset(pid, &all);
+        if let Ok(all) = all_cores() {
+            unpin(crate::cpu::postgres_pids(), &all);
         }
     }
 
@@ -41,10 +36,9 @@ impl Split {
     /// during the leg inherit core 0) and `servers` to core 0; this process
     /// (children spawned during the leg inherit it) and `clients` to core 1.
     pub fn pin(servers: &[u32], clients: &[u32]) -> anyhow::Result<Self> {
-        let cores = std::thread::available_parallelism()?.get();
         let mut split = Self {
             pinned: Vec::new(),
-            all: format!("0-{}", cores - 1),
+            all: all_cores()?,
         };
         for pid in crate::cpu::postgres_pids()
             .into_iter()
@@ -63,26 +57,31 @@ impl Split {
         self.pinned.push(pid);
         Ok(())
     }
-
-    pub fn undo(mut self) {
-        self.release();
-    }
-
-    fn release(&mut self) {
-        // Backends forked during the leg inherited core 0 from the postmaster.
-        let pids = std::mem::take(&mut self.pinned)
-            .into_iter()
-            .chain(crate::cpu::postgres_pids());
-        for pid in pids {
-            // A process gone meanwhile has nothing left to unpin.
-            let _ = taskset(pid, &self.all);
-        }
-    }
 }
 
 impl Drop for Split {
     fn drop(&mut self) {
-        self.release();
+        // Backends forked during the leg inherited core 0 from the postmaster.
+        let pids = std::mem::take(&mut self.pinned)
+            .into_iter()
+            .chain(crate::cpu::postgres_pids());
+        unpin(pids, &self.all);
+    }
+}
+
+/// Every core of the machine, as `taskset -c` takes it.
+fn all_cores() -> anyhow::Result<String> {
+    Ok(format!(
+        "0-{}",
+        std::thread::available_parallelism()?.get() - 1
+    ))
+}
+
+/// Gives `pids` all cores again; a process gone meanwhile (or another
+/// user's) has nothing to undo.
+fn unpin(pids: impl IntoIterator<Item = u32>, all: &str) {
+    for pid in pids {
+        let _ = taskset(pid, all);
     }
 }
 

@@ -59,17 +59,16 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
         for leg in order {
             match leg {
                 Leg::HttpSplit => {
-                    let pinned = Split::pin(&[], &[api.pid()])?;
-                    let run = closed_loop(&client, &mut creators, Plan::secs(secs as f64)).await;
-                    pinned.undo();
+                    let run = {
+                        let _pinned = Split::pin(&[], &[api.pid()])?;
+                        closed_loop(&client, &mut creators, Plan::secs(secs as f64)).await
+                    };
                     http_errors += run.errors;
                     http_split.push(run.per_second());
                 }
                 Leg::PgbenchSplit => {
-                    let pinned = Split::pin(&[], &[])?;
-                    let rate = pgbench.run(db, false, secs).await;
-                    pinned.undo();
-                    pg_split.push(rate?);
+                    let _pinned = Split::pin(&[], &[])?;
+                    pg_split.push(pgbench.run(db, false, secs).await?);
                 }
                 Leg::Http => {
                     let meter = Meter::start(&[

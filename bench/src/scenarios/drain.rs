@@ -78,24 +78,16 @@ pub async fn measure(ctx: &mut Ctx, db: &ScratchDb) -> anyhow::Result<()> {
                     continue;
                 }
                 DrainLeg::RawSplit => {
-                    let pinned = Split::pin(&[broker_pid(&broker)?], &[])?;
-                    let leg = raw_produce(&broker, &records).await;
-                    pinned.undo();
-                    raw_split.push(leg?);
+                    let _pinned = Split::pin(&[broker_pid(&broker)?], &[])?;
+                    raw_split.push(raw_produce(&broker, &records).await?);
                     continue;
                 }
                 DrainLeg::RelaySplit => {
                     // The relay, spawned by this process, inherits its core.
-                    let pinned = Split::pin(&[broker_pid(&broker)?], &[])?;
-                    let run = relay_drain(
-                        db,
-                        &broker,
-                        &format!("drain-split-{rep}"),
-                        Delivery::AtLeastOnce,
-                    )
-                    .await;
-                    pinned.undo();
-                    relay_split.push(run?.leg);
+                    let _pinned = Split::pin(&[broker_pid(&broker)?], &[])?;
+                    let name = format!("drain-split-{rep}");
+                    let run = relay_drain(db, &broker, &name, Delivery::AtLeastOnce).await?;
+                    relay_split.push(run.leg);
                     continue;
                 }
                 DrainLeg::Relay(delivery) => delivery,

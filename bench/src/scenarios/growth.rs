@@ -348,7 +348,7 @@ async fn paired(ctx: &mut Ctx, empty: &ScratchDb, filled: &ScratchDb) -> anyhow:
     };
 
     let mut results: Vec<Sized> = Vec::new();
-    for &size in plan.growth_sizes.iter().filter(|size| **size > 0) {
+    for &size in &plan.growth_sizes {
         let took = fill_to(filled, size).await?;
         let settled = settle(filled).await?;
         println!(
@@ -596,7 +596,6 @@ fn report(ctx: &mut Ctx, results: &[Sized]) {
     let sizes: Vec<String> = plan
         .growth_sizes
         .iter()
-        .filter(|size| **size > 0)
         .map(|s| thousands(*s as f64))
         .collect();
     let io: Vec<String> = results
